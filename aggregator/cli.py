@@ -1,0 +1,189 @@
+"""The `aggregator` command line: run, sources, top, db upgrade."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aggregator import __version__
+from aggregator.errors import ConfigError, StoreError
+from aggregator.logs import setup_logging
+from aggregator.settings import Settings, load_settings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aggregator", description="Hot-topic feed aggregator daemon.")
+    p.add_argument("--config", metavar="PATH", help="settings file (default: $AGGREGATOR_CONFIG, ./settings.toml)")
+    p.add_argument("--log-format", choices=("text", "json"), help="override [log] format")
+    p.add_argument("--log-level", choices=("DEBUG", "INFO", "WARNING", "ERROR"), help="override [log] level")
+    p.add_argument("--version", action="version", version=f"aggregator {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon (or poll once with --once)")
+    run.add_argument("--once", action="store_true", help="poll each enabled source once and exit")
+    run.add_argument("--source", action="append", metavar="ID", help="only this source (repeatable)")
+
+    sub.add_parser("sources", help="each source with its last success, last error and next due time")
+
+    top = sub.add_parser("top", help="the current top stories")
+    top.add_argument("--limit", type=int, default=20, metavar="N")
+    top.add_argument("--source", metavar="ID", help="only stories listed by this source")
+    top.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    db = sub.add_parser("db", help="database maintenance")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="apply pending migrations")
+    return p
+
+
+def _local(when: datetime | None, zone: ZoneInfo) -> str:
+    if when is None:
+        return "-"
+    return when.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _width(text: str) -> int:
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
+
+
+def _pad(text: str, width: int) -> str:
+    cut = ""
+    for ch in text:
+        if _width(cut + ch) > width:
+            break
+        cut += ch
+    return cut + " " * (width - _width(cut))
+
+
+async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
+    from aggregator.daemon import Daemon, run_once
+
+    if args.once:
+        results = await run_once(settings, args.source)
+        failed = 0
+        for r in results:
+            if r.status == "error":
+                failed += 1
+                print(f"{r.source_id:<24} error  {r.error_kind}: {r.error}  ({r.duration_s:.2f}s)")
+            elif r.status == "not_modified":
+                print(f"{r.source_id:<24} ok     not modified  ({r.duration_s:.2f}s)")
+            else:
+                print(f"{r.source_id:<24} ok     {r.item_count} items ({r.new_count} new, "
+                      f"{r.dropped_count} dropped)  ({r.duration_s:.2f}s)")
+        print(f"{len(results) - failed} of {len(results)} sources ok")
+        return EXIT_FAILED if failed else EXIT_OK
+    return await Daemon(settings).run(args.source)
+
+
+async def _open_store(settings: Settings) -> Any:
+    from aggregator.store import Store
+
+    return await Store.open(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout,
+                            pool_size=settings.store.pool_size, max_overflow=settings.store.max_overflow)
+
+
+async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import timedelta
+
+    store = await _open_store(settings)
+    try:
+        rows = await store.sources_status()
+    finally:
+        await store.close()
+    zone = settings.display.zone
+    print(f"{'id':<22} {'kind':<8} {'every':>6}  {'last success':<19}  {'next due':<19}  last error")
+    configured = {s.id for s in settings.sources}
+    for r in rows:
+        if r["id"] not in configured:
+            continue
+        every = f"{int(r['interval_s'] // 60)}m" if r["interval_s"] >= 60 else f"{int(r['interval_s'])}s"
+        due = r["next_attempt_at"]
+        if due is None and r["last_poll_at"] is not None:
+            due = r["last_poll_at"] + timedelta(seconds=r["interval_s"])
+        error = "-"
+        if r["last_error_at"] is not None and (r["last_success_at"] is None or r["last_error_at"] > r["last_success_at"]):
+            error = f"{r['last_error_kind']}: {r['last_error']} (x{r['consecutive_failures']})"
+        state = "" if r["enabled"] else " (disabled)"
+        print(f"{r['id']:<22} {r['kind']:<8} {every:>6}  {_local(r['last_success_at'], zone):<19}  "
+              f"{_local(due, zone):<19}  {error}{state}")
+    return EXIT_OK
+
+
+async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
+    if args.limit < 1:
+        raise ConfigError("--limit", "must be at least 1")
+    store = await _open_store(settings)
+    try:
+        rows = await store.top(args.limit, args.source)
+    finally:
+        await store.close()
+    zone = settings.display.zone
+    if args.json:
+        out = []
+        for r in rows:
+            item = dict(r)
+            for key in ("first_seen_at", "last_seen_at", "collected_at"):
+                if isinstance(item.get(key), datetime):
+                    item[key] = item[key].isoformat()
+                elif isinstance(item.get(key), str):
+                    item[key] = datetime.fromisoformat(item[key]).replace(tzinfo=None).isoformat() + "+00:00"
+            out.append(item)
+        json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
+        print()
+        return EXIT_OK
+    if not rows:
+        print("no stories yet: run `aggregator run --once` or start the daemon")
+        return EXIT_OK
+    print(f"{'#':>3} {'热度':>6}  {_pad('title', 56)}  {'source':<16} {'seen':<16}")
+    for r in rows:
+        seen = r["collected_at"]
+        if isinstance(seen, str):
+            from datetime import UTC
+
+            seen = datetime.fromisoformat(seen).replace(tzinfo=UTC)
+        seen_text = seen.astimezone(zone).strftime("%m-%d %H:%M") if seen else "-"
+        print(f"{r['position']:>3} {r['score']:>6.1f}  {_pad(r['title'], 56)}  {_pad(r['source'], 16)} {seen_text}")
+    return EXIT_OK
+
+
+async def _cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from aggregator.store.engine import head_revision
+
+    store = await _open_store(settings)
+    await store.close()
+    print(f"database is at schema revision {head_revision()}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "sources": _cmd_sources, "top": _cmd_top, "db": _cmd_db}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"aggregator: settings error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format,
+                  settings.daemon.instance_id)
+    try:
+        return asyncio.run(COMMANDS[args.command](settings, args))
+    except ConfigError as exc:
+        print(f"aggregator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except StoreError as exc:
+        print(f"aggregator: store error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_FAILED

@@ -1,0 +1,314 @@
+"""The one guarded path for outbound HTTP: deadlines, byte caps, redirects by hand.
+
+Every request of every collector goes through `fetch`:
+- a total deadline per request (httpx's timeouts are per read: a server that drips a
+  byte a second never trips them);
+- a cap on wire bytes and on decoded bytes, with decompression bounded per read so a
+  small gzip bomb never becomes a large buffer;
+- redirects followed by hand, at most MAX_REDIRECTS, bodies never read, each hop's URL
+  re-checked;
+- a per-host concurrency limit, TLS always verified, no proxy from the environment
+  unless one is configured.
+Errors leave as FetchError with a kind (see aggregator.errors.ERROR_KINDS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import re
+import ssl
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC
+from http.cookies import CookieError, SimpleCookie
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from aggregator.errors import FetchError, ParseError
+from aggregator.settings import HttpSettings
+
+MAX_REDIRECTS = 5
+# Retry-After beyond this is a server asking us to go away for good; we come back anyway.
+MAX_RETRY_AFTER_S = 6 * 3600.0
+_CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
+# Pages that stand where a list should be: anti-bot walls, captchas and logins.
+_BLOCKED_MARKERS = (
+    "sina visitor system", "passport.weibo.com/visitor", "captcha", "验证码", "安全验证",
+    "cf-challenge", "challenge-platform", "just a moment...", "请登录", "访问过于频繁",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchResponse:
+    status: int
+    url: str
+    headers: Mapping[str, str]
+    body: bytes
+    set_cookies: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def content_type(self) -> str:
+        return self.headers.get("content-type", "").split(";")[0].strip().lower()
+
+    @property
+    def charset(self) -> str | None:
+        match = _CHARSET.search(self.headers.get("content-type", ""))
+        return match.group(1).lower() if match else None
+
+
+# Called with each URL about to be requested (the first and every redirect hop); raises
+# FetchError(kind="blocked") to refuse it. The full-text fetcher passes an SSRF guard.
+UrlCheck = Callable[[str], None]
+
+
+@dataclass(slots=True)
+class Fetcher:
+    """An httpx client plus the limits that apply to every request made with it."""
+
+    client: httpx.AsyncClient
+    settings: HttpSettings
+    _host_locks: dict[str, asyncio.Semaphore] = field(default_factory=dict)
+
+    def host_limit(self, url: str) -> asyncio.Semaphore:
+        host = urlsplit(url).hostname or ""
+        lock = self._host_locks.get(host)
+        if lock is None:
+            lock = self._host_locks[host] = asyncio.Semaphore(self.settings.per_host_limit)
+        return lock
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def make_fetcher(settings: HttpSettings) -> Fetcher:
+    timeout = httpx.Timeout(settings.timeout, connect=settings.connect_timeout)
+    client = httpx.AsyncClient(
+        timeout=timeout,
+        follow_redirects=False,
+        trust_env=False,
+        proxy=settings.proxy or None,
+        verify=True,
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"User-Agent": settings.user_agent, "Accept-Encoding": "gzip, deflate"},
+    )
+    return Fetcher(client=client, settings=settings)
+
+
+def _retry_after_s(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        seconds = float(value)
+    else:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - now
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+class _Decoder:
+    """gzip/deflate decoding whose output per call is bounded by `limit` bytes."""
+
+    def __init__(self, encoding: str) -> None:
+        encoding = encoding.strip().lower()
+        if encoding in ("", "identity"):
+            self._z: Any = None
+        elif encoding in ("gzip", "x-gzip"):
+            self._z = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self._z = zlib.decompressobj()
+        else:
+            raise FetchError(f"unsupported Content-Encoding {encoding!r}", kind="network")
+
+    def feed(self, chunk: bytes, limit: int) -> bytes:
+        if self._z is None:
+            return chunk
+        try:
+            out = self._z.decompress(chunk, limit + 1)
+            if self._z.unconsumed_tail:
+                # More output waits than the cap allows: stop here without inflating it.
+                raise FetchError(f"decoded body larger than {limit} more bytes", kind="too_large")
+            return bytes(out)
+        except zlib.error as exc:
+            raise FetchError(f"corrupt compressed body: {exc}", kind="network") from exc
+
+
+def _cookie_header(cookies: Mapping[str, str]) -> str:
+    return "; ".join(f"{k}={v}" for k, v in cookies.items())
+
+
+def _parse_set_cookies(headers: httpx.Headers) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for raw in headers.get_list("set-cookie"):
+        jar: SimpleCookie = SimpleCookie()
+        try:
+            jar.load(raw)
+        except CookieError:
+            continue
+        for name, morsel in jar.items():
+            found[name] = morsel.value
+    return found
+
+
+def _classify(exc: httpx.HTTPError) -> FetchError:
+    if isinstance(exc, httpx.TimeoutException):
+        return FetchError(f"timed out ({type(exc).__name__})", kind="timeout")
+    text = str(exc) or type(exc).__name__
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
+        return FetchError(f"TLS error: {text}", kind="tls")
+    lowered = text.lower()
+    if "name or service not known" in lowered or "nodename nor servname" in lowered or "getaddrinfo" in lowered \
+            or "temporary failure in name resolution" in lowered or "no address associated" in lowered:
+        return FetchError(f"DNS lookup failed: {text}", kind="dns")
+    if isinstance(exc, httpx.TooManyRedirects):
+        return FetchError(text, kind="redirect_loop")
+    return FetchError(f"network error: {text}", kind="network")
+
+
+async def fetch(
+    fetcher: Fetcher,
+    url: str,
+    *,
+    headers: Mapping[str, str] | None = None,
+    cookies: Mapping[str, str] | None = None,
+    etag: str | None = None,
+    last_modified: str | None = None,
+    check_url: UrlCheck | None = None,
+    deadline_s: float | None = None,
+    max_bytes: int | None = None,
+) -> FetchResponse:
+    """GET `url` within the limits; returns 2xx and 304 responses, raises otherwise."""
+    limits = fetcher.settings
+    deadline = deadline_s if deadline_s is not None else limits.timeout
+    cap = max_bytes if max_bytes is not None else limits.max_bytes
+    try:
+        async with asyncio.timeout(deadline):
+            return await _fetch(fetcher, url, headers, cookies, etag, last_modified, check_url, cap)
+    except TimeoutError:
+        raise FetchError(f"no complete response within {deadline:g}s", kind="timeout") from None
+
+
+async def _fetch(
+    fetcher: Fetcher,
+    url: str,
+    headers: Mapping[str, str] | None,
+    cookies: Mapping[str, str] | None,
+    etag: str | None,
+    last_modified: str | None,
+    check_url: UrlCheck | None,
+    cap: int,
+) -> FetchResponse:
+    request_headers = dict(headers or {})
+    if etag:
+        request_headers["If-None-Match"] = etag
+    if last_modified:
+        request_headers["If-Modified-Since"] = last_modified
+    jar = dict(cookies or {})
+    set_cookies: dict[str, str] = {}
+    seen: set[str] = set()
+    for _hop in range(MAX_REDIRECTS + 1):
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise FetchError(f"refusing non-HTTP URL scheme in {url[:100]!r}", kind="blocked")
+        if check_url is not None:
+            check_url(url)
+        if url in seen:
+            raise FetchError(f"redirect loop at {url[:200]}", kind="redirect_loop")
+        seen.add(url)
+        hop_headers = dict(request_headers)
+        if jar:
+            hop_headers["Cookie"] = _cookie_header(jar)
+        async with fetcher.host_limit(url):
+            try:
+                request = fetcher.client.build_request("GET", url, headers=hop_headers)
+                response = await fetcher.client.send(request, stream=True)
+            except httpx.HTTPError as exc:
+                raise _classify(exc) from exc
+            try:
+                new_cookies = _parse_set_cookies(response.headers)
+                set_cookies.update(new_cookies)
+                jar.update(new_cookies)
+                if response.status_code in (301, 302, 303, 307, 308):
+                    location = response.headers.get("location")
+                    if not location:
+                        raise FetchError(f"HTTP {response.status_code} without Location", kind="http_4xx",
+                                         http_status=response.status_code)
+                    url = urljoin(url, location)
+                    continue  # the redirect body is never read
+                if response.status_code == 304:
+                    return FetchResponse(304, url, dict(response.headers), b"", set_cookies)
+                _raise_for_status(response)
+                body = await _read_capped(response, cap)
+                return FetchResponse(response.status_code, url, dict(response.headers), body, set_cookies)
+            finally:
+                await response.aclose()
+    raise FetchError(f"more than {MAX_REDIRECTS} redirects", kind="redirect_loop")
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    status = response.status_code
+    if 200 <= status < 300:
+        return
+    retry_after = _retry_after_s(response.headers.get("retry-after"), time.time())
+    if status == 429 or (status == 503 and retry_after is not None):
+        raise FetchError(f"HTTP {status}: rate limited", kind="rate_limited", http_status=status,
+                         retry_after_s=retry_after)
+    kind = "http_5xx" if status >= 500 else "http_4xx"
+    raise FetchError(f"HTTP {status} {response.reason_phrase}".strip(), kind=kind, http_status=status,
+                     retry_after_s=retry_after)
+
+
+async def _read_capped(response: httpx.Response, cap: int) -> bytes:
+    declared = response.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise FetchError(f"body of {int(declared)} bytes is over the {cap}-byte cap", kind="too_large",
+                         http_status=response.status_code)
+    decoder = _Decoder(response.headers.get("content-encoding", ""))
+    wire = 0
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_raw():
+        wire += len(chunk)
+        if wire > cap:
+            raise FetchError(f"body over the {cap}-byte cap", kind="too_large", http_status=response.status_code)
+        decoded = decoder.feed(chunk, cap - size)
+        size += len(decoded)
+        if size > cap:
+            raise FetchError(f"decoded body over the {cap}-byte cap", kind="too_large",
+                             http_status=response.status_code)
+        parts.append(decoded)
+    return b"".join(parts)
+
+
+def looks_blocked(body: bytes) -> bool:
+    """An anti-bot wall, captcha or login page instead of the content."""
+    head = body[:16384].decode("utf-8", "replace").lower()
+    return any(marker in head for marker in _BLOCKED_MARKERS)
+
+
+def decode_json(response: FetchResponse, what: str) -> Any:
+    """Parse a JSON body, with clear errors for HTML pages and walls served with 200."""
+    body = response.body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not body:
+        raise ParseError(f"empty body where {what} JSON was expected", kind="empty")
+    if body[:1] == b"<":
+        if looks_blocked(body):
+            raise ParseError(f"an anti-bot or login page where {what} JSON was expected", kind="blocked")
+        title = re.search(rb"<title[^>]*>(.{0,80}?)</title>", body[:8192], re.I | re.S)
+        shown = title.group(1).decode("utf-8", "replace").strip() if title else "untitled"
+        raise ParseError(f"an HTML page ({shown!r}) where {what} JSON was expected", kind="parse")
+    try:
+        return json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ParseError(f"{what} body is not valid JSON: {exc}", kind="parse") from exc

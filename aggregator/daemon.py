@@ -1,0 +1,248 @@
+"""The daemon: one APScheduler job per source plus a rescore job, signals, shutdown.
+
+Jobs run on an AsyncIOScheduler in UTC. Each source job has coalesce=True,
+max_instances=1, jitter, and a misfire grace that is a fraction of its interval (the
+1 s default silently drops runs when the loop is busy). A restart resumes each source
+from its last poll. SIGTERM/SIGINT stop scheduling, let in-flight polls finish within
+the grace time or cancel them, wait for their writes, then close the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import signal
+import socket
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from aggregator.backoff import retry_delay_s
+from aggregator.collectors import COLLECTORS
+from aggregator.collectors.fetch import make_fetcher
+from aggregator.errors import ConfigError
+from aggregator.models import PollResult
+from aggregator.pipeline import PollContext, StoryAssigner, poll_source
+from aggregator.settings import Settings, SourceSettings
+from aggregator.store import Store
+from aggregator.store.engine import sqlite_path
+from aggregator.store.lock import DaemonLock
+
+log = logging.getLogger("aggregator.daemon")
+
+# At start, sources that are due are spread over this long instead of all at once.
+STARTUP_SPREAD_S = 30.0
+# `run --once` polls this many sources at a time.
+ONCE_CONCURRENCY = 8
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def instance_id(settings: Settings) -> str:
+    return settings.daemon.instance_id or f"{socket.gethostname()}:{os.getpid()}"
+
+
+def select_sources(settings: Settings, ids: Sequence[str] | None) -> list[SourceSettings]:
+    if not ids:
+        return list(settings.enabled_sources)
+    chosen = []
+    for source_id in ids:
+        try:
+            chosen.append(settings.source(source_id))
+        except KeyError:
+            known = ", ".join(s.id for s in settings.sources) or "none"
+            raise ConfigError("--source", f"no source {source_id!r} in the settings (known: {known})") from None
+    return chosen
+
+
+async def open_context(settings: Settings, store: Store) -> PollContext:
+    now = utc_now()
+    await store.sync_sources(settings.sources, now)
+    assigner = StoryAssigner(settings.dedupe.window)
+    assigner.load(await store.active_items(now - timedelta(seconds=settings.dedupe.window)))
+    ctx = PollContext(settings=settings, store=store, fetcher=make_fetcher(settings.http), collectors=COLLECTORS,
+                      clock=utc_now, stories=assigner, instance=instance_id(settings))
+    for source_id, (state, _last, _failures) in (await store.source_states()).items():
+        ctx.states[source_id] = state
+    return ctx
+
+
+def _lock_for(settings: Settings) -> DaemonLock | None:
+    path = sqlite_path(settings.store.effective_url)
+    return DaemonLock(path.with_name(path.name + ".lock")) if path is not None else None
+
+
+async def run_once(settings: Settings, source_ids: Sequence[str] | None = None) -> list[PollResult]:
+    chosen = select_sources(settings, source_ids)
+    lock = _lock_for(settings)
+    if lock is not None:
+        lock.acquire()
+    try:
+        store = await Store.open(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout,
+                                 pool_size=settings.store.pool_size, max_overflow=settings.store.max_overflow)
+        try:
+            ctx = await open_context(settings, store)
+            try:
+                gate = asyncio.Semaphore(ONCE_CONCURRENCY)
+
+                async def one(source: SourceSettings) -> PollResult:
+                    async with gate:
+                        return await poll_source(ctx, source)
+
+                results = list(await asyncio.gather(*(one(s) for s in chosen)))
+                await store.rescore(utc_now(), settings.score)
+                return results
+            finally:
+                await ctx.fetcher.aclose()
+        finally:
+            await store.close()
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+class Daemon:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stop_event = asyncio.Event()
+        self.inflight: set[asyncio.Task[object]] = set()
+        self.failures: dict[str, int] = {}
+        self.scheduler = AsyncIOScheduler(timezone=UTC)
+        self.ctx: PollContext | None = None
+
+    def _misfire_grace_s(self, interval_s: float) -> int:
+        return max(1, int(interval_s * self.settings.daemon.misfire_fraction))
+
+    async def _poll_job(self, source: SourceSettings) -> None:
+        assert self.ctx is not None
+        task = asyncio.current_task()
+        assert task is not None
+        self.inflight.add(task)
+        try:
+            deadline = source.interval_s * self.settings.daemon.poll_deadline_fraction
+            planned = utc_now() + timedelta(seconds=source.interval_s)
+            try:
+                async with asyncio.timeout(max(deadline, 1.0)):
+                    result = await poll_source(self.ctx, source, next_attempt_at=planned)
+            except TimeoutError:
+                log.warning("poll %s: did not finish within its deadline of %.0fs; abandoned", source.id, deadline)
+                self._after(source, failed=True, retry_after_s=None)
+                return
+            self._after(source, failed=result.status == "error", retry_after_s=result.retry_after_s)
+        finally:
+            self.inflight.discard(task)
+
+    def _after(self, source: SourceSettings, *, failed: bool, retry_after_s: float | None) -> None:
+        failures = self.failures.get(source.id, 0) + 1 if failed else 0
+        previous = self.failures.get(source.id, 0)
+        self.failures[source.id] = failures
+        job = self.scheduler.get_job(source.id)
+        if job is None:
+            return
+        if failures:
+            delay = retry_delay_s(source.interval_s, failures, retry_after_s)
+            when = utc_now() + timedelta(seconds=delay)
+            job.modify(next_run_time=when)
+            log.warning("source %s: %d consecutive failure(s); next attempt at %s", source.id, failures,
+                        when.strftime("%H:%M:%SZ"))
+        elif previous:
+            log.info("source %s recovered after %d failure(s)", source.id, previous)
+            job.modify(next_run_time=utc_now() + timedelta(seconds=source.interval_s))
+
+    async def _rescore_job(self) -> None:
+        assert self.ctx is not None
+        now = utc_now()
+        try:
+            count = await self.ctx.store.rescore(now, self.settings.score)
+            self.ctx.stories.expire(now)
+            log.debug("rescored %d stories", count)
+        except Exception:
+            log.exception("rescore failed")
+
+    def _schedule(self, sources: Sequence[SourceSettings], last_polls: dict[str, datetime | None]) -> None:
+        now = utc_now()
+        due_index = 0
+        for source in sources:
+            last = last_polls.get(source.id)
+            first = last + timedelta(seconds=source.interval_s) if last is not None else now
+            if first <= now:
+                # Due already: spread the backlog so a restart does not poll everything at once.
+                spread = min(STARTUP_SPREAD_S, source.interval_s)
+                first = now + timedelta(seconds=random.uniform(0, spread) if due_index else 0)
+                due_index += 1
+            trigger = IntervalTrigger(seconds=source.interval_s, jitter=min(self.settings.daemon.jitter,
+                                                                             source.interval_s / 4) or None,
+                                      timezone=UTC)
+            self.scheduler.add_job(self._poll_job, trigger, args=[source], id=source.id, name=f"poll {source.id}",
+                                   coalesce=True, max_instances=1,
+                                   misfire_grace_time=self._misfire_grace_s(source.interval_s),
+                                   next_run_time=first)
+        every = self.settings.daemon.rescore_every
+        self.scheduler.add_job(self._rescore_job, IntervalTrigger(seconds=every, timezone=UTC), id="rescore",
+                               coalesce=True, max_instances=1, misfire_grace_time=max(1, int(every / 2)),
+                               next_run_time=now + timedelta(seconds=min(every, 5.0)))
+
+    async def run(self, source_ids: Sequence[str] | None = None) -> int:
+        settings = self.settings
+        chosen = select_sources(settings, source_ids)
+        lock = _lock_for(settings)
+        if lock is not None:
+            lock.acquire()
+        try:
+            store = await Store.open(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout,
+                                     pool_size=settings.store.pool_size, max_overflow=settings.store.max_overflow)
+            try:
+                self.ctx = await open_context(settings, store)
+                states = await store.source_states()
+                last_polls = {sid: st[1] for sid, st in states.items()}
+                self.failures = {sid: st[2] for sid, st in states.items()}
+                loop = asyncio.get_running_loop()
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self._on_signal, sig)
+                self._schedule(chosen, last_polls)
+                self.scheduler.start()
+                log.info("daemon %s started: %d sources, store %s", self.ctx.instance, len(chosen),
+                         _safe_url(settings.store.effective_url))
+                await self.stop_event.wait()
+                await self._shutdown()
+            finally:
+                if self.ctx is not None:
+                    await self.ctx.fetcher.aclose()
+                await store.close()
+        finally:
+            if lock is not None:
+                lock.release()
+        log.info("daemon stopped")
+        return 0
+
+    def _on_signal(self, sig: signal.Signals) -> None:
+        if not self.stop_event.is_set():
+            log.info("%s received: stopping", sig.name)
+        self.stop_event.set()
+
+    async def _shutdown(self) -> None:
+        self.scheduler.shutdown(wait=False)
+        pending = set(self.inflight)
+        if pending:
+            log.info("waiting up to %.0fs for %d poll(s) in flight", self.settings.daemon.shutdown_grace,
+                     len(pending))
+            _done, still = await asyncio.wait(pending, timeout=self.settings.daemon.shutdown_grace)
+            for task in still:
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=5.0)
+        assert self.ctx is not None
+        if self.ctx.writes:
+            await asyncio.wait(set(self.ctx.writes), timeout=10.0)
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)

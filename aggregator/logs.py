@@ -1,0 +1,53 @@
+"""Logging setup: one line per event, text or JSON, upstream text unable to forge lines."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+class TextFormatter(logging.Formatter):
+    def __init__(self, instance: str = "") -> None:
+        super().__init__()
+        self.instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created))
+        message = record.getMessage().translate(_ESCAPES)
+        if record.exc_info:
+            message += " | " + self.formatException(record.exc_info).translate(_ESCAPES)
+        return f"{when} {record.levelname:<7} {record.name}: {message}"
+
+
+class JsonFormatter(logging.Formatter):
+    def __init__(self, instance: str = "") -> None:
+        super().__init__()
+        self.instance = instance
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(record.created)),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if self.instance:
+            entry["instance"] = self.instance
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry, ensure_ascii=False)
+
+
+def setup_logging(level: str, fmt: str, instance: str = "") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter(instance) if fmt == "json" else TextFormatter(instance))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    # Third-party chatter at INFO (every HTTP request, every scheduler tick) drowns our lines.
+    for noisy in ("httpx", "httpcore", "apscheduler", "alembic", "aiosqlite", "asyncio"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -1,0 +1,177 @@
+"""Pure normalization: clean text, canonical URLs, titles, item keys and heat numbers."""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import unicodedata
+from collections.abc import Iterable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from aggregator.models import Item, RawItem
+
+# Limits on what one entry may carry: a title longer than this is not a headline, and a
+# list longer than MAX_ITEMS is a broken or hostile payload.
+MAX_TITLE_CHARS = 500
+MAX_URL_CHARS = 2048
+MAX_SUMMARY_CHARS = 4000
+MAX_HEAT_RAW_CHARS = 64
+MAX_ITEMS = 500
+
+# Query parameters that only track the reader; dropping them makes the same article one URL.
+TRACKING_PARAMS = frozenset(
+    {
+        "spm", "from", "band_rank", "refer", "fr", "share_token", "share_source", "share_from",
+        "share_medium", "share_plat", "share_tag", "timestamp", "tt_from", "utm_source",
+        "utm_medium", "utm_campaign", "utm_term", "utm_content", "utm_id", "fbclid", "gclid",
+        "mc_cid", "mc_eid", "ref", "ref_src", "source", "sourcefrom", "wfr", "isappinstalled",
+        "scene", "clicktime", "enterid", "vd_source", "unique_k", "is_sharing",
+    }
+)
+_TRACKING_PREFIXES = ("utm_", "hmsr", "_hs")
+
+# C0/C1 controls (but tab/newline), zero-width and bidi marks: invisible text that can
+# forge log lines or reorder what a reader sees.
+_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+_SPACES = re.compile(r"\s+")
+_TOPIC_MARKS = re.compile(r"#([^#]{1,200})#")
+_EDGE_PUNCT = " \t\r\n#【】[]「」『』《》\"'“”‘’:：,，.。!！?？;；|｜-—~·…"
+
+
+def clean_text(text: str, limit: int) -> str:
+    """Unescape HTML entities, drop invisible characters, collapse whitespace, cap length."""
+    text = html.unescape(text) if "&" in text else text
+    text = _INVISIBLE.sub("", text)
+    text = _SPACES.sub(" ", text).strip()
+    return text[:limit]
+
+
+def normalize_title(title: str) -> str:
+    """NFKC, #话题# marks and edge punctuation removed, whitespace collapsed, lower-cased."""
+    text = unicodedata.normalize("NFKC", title)
+    text = _TOPIC_MARKS.sub(r"\1", text)
+    text = _SPACES.sub(" ", text).strip(_EDGE_PUNCT)
+    return text.lower()
+
+
+def _is_tracking(name: str) -> bool:
+    lowered = name.lower()
+    return lowered in TRACKING_PARAMS or lowered.startswith(_TRACKING_PREFIXES)
+
+
+def canonical_url(url: str | None) -> str | None:
+    """Lower-case scheme and host, no fragment, no tracking parameters, sorted query."""
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return None
+    host = parts.hostname.lower()
+    default_port = {"http": 80, "https": 443}[parts.scheme.lower()]
+    netloc = host if port in (None, default_port) else f"{host}:{port}"
+    if ":" in host:
+        netloc = f"[{host}]" if port in (None, default_port) else f"[{host}]:{port}"
+    query = sorted((k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if not _is_tracking(k))
+    path = parts.path or "/"
+    return urlunsplit((parts.scheme.lower(), netloc, path, urlencode(query), ""))
+
+
+def item_key(source_id: str, identity: str) -> str:
+    """16 lowercase hex chars of SHA-256 over source id, NUL, identity."""
+    return hashlib.sha256(f"{source_id}\0{identity}".encode()).hexdigest()[:16]
+
+
+def item_id_of(key: str) -> int:
+    """The integer primary key of an item: the key's 64 bits folded into a signed 63.
+
+    Computing it from the key lets one poll write items and observations without
+    reading ids back from the database.
+    """
+    return int(key, 16) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+_FULLWIDTH = str.maketrans("０１２３４５６７８９．，", "0123456789.,")
+_HEAT_NUMBER = re.compile(r"(\d+(?:\.\d+)?)\s*(万|亿|w|W|k|K|m|M)?")
+_UNITS = {"万": 1e4, "w": 1e4, "W": 1e4, "亿": 1e8, "k": 1e3, "K": 1e3, "m": 1e6, "M": 1e6}
+
+
+def parse_heat(raw: object) -> float | None:
+    """'123万' → 1230000, '1.2亿' → 1.2e8, '856 万热度', '4956213', '10万+', '盛典 215325'.
+
+    The first number in the text counts, scaled by a unit that follows it. Anything
+    else (booleans, '', percentages, text without digits) is None: the raw string is
+    kept by the caller.
+    """
+    if raw is None or isinstance(raw, bool):
+        return None
+    if isinstance(raw, (int, float)):
+        return float(raw) if raw >= 0 else None
+    if not isinstance(raw, str):
+        return None
+    text = unicodedata.normalize("NFKC", raw).translate(_FULLWIDTH).replace(",", "")
+    if "%" in text:
+        return None  # a price change, not a heat
+    match = _HEAT_NUMBER.search(text)
+    if match is None:
+        return None
+    value = float(match.group(1)) * _UNITS.get(match.group(2) or "", 1.0)
+    return value if value < 1e15 else None
+
+
+def _heat_raw_text(raw: object) -> str | None:
+    if raw is None or isinstance(raw, bool):
+        return None
+    text = clean_text(str(raw), MAX_HEAT_RAW_CHARS)
+    return text or None
+
+
+def normalize_items(source_id: str, raw_items: Iterable[RawItem]) -> tuple[list[Item], int]:
+    """RawItems → Items ranked by list position; returns (items, dropped_count).
+
+    Entries without a usable title are dropped (counted); so are repeats of a key
+    already in this list (a platform listing one entry twice).
+    """
+    items: list[Item] = []
+    seen: set[str] = set()
+    dropped = 0
+    for raw in raw_items:
+        if len(items) >= MAX_ITEMS:
+            dropped += 1
+            continue
+        title = clean_text(raw.title, MAX_TITLE_CHARS) if isinstance(raw.title, str) else ""
+        if not title:
+            dropped += 1
+            continue
+        url = clean_text(raw.url, MAX_URL_CHARS) if raw.url else None
+        canon = canonical_url(url)
+        norm = normalize_title(title)
+        native_id = clean_text(raw.native_id, 200) if raw.native_id else None
+        key = item_key(source_id, native_id or canon or norm)
+        if key in seen:
+            dropped += 1
+            continue
+        seen.add(key)
+        items.append(
+            Item(
+                key=key,
+                item_id=item_id_of(key),
+                source_id=source_id,
+                title=title,
+                norm_title=norm,
+                url=url if canon else None,
+                canonical_url=canon,
+                rank=raw.rank if raw.rank is not None and raw.rank > 0 else len(items) + 1,
+                heat=parse_heat(raw.heat_raw),
+                heat_raw=_heat_raw_text(raw.heat_raw),
+                label=clean_text(raw.label, 16) or None if raw.label else None,
+                native_id=native_id,
+                summary=clean_text(raw.summary, MAX_SUMMARY_CHARS) or None if raw.summary else None,
+                published_at=raw.published_at,
+            )
+        )
+    return items, dropped

@@ -1,0 +1,354 @@
+"""Settings: settings.toml, environment overrides and validation into frozen models.
+
+Lookup order: `--config PATH`, `$AGGREGATOR_CONFIG`, `./settings.toml`, built-in
+defaults. `AGGREGATOR_<SECTION>__<KEY>=value` overrides one key (the value is read as a
+TOML literal when it is one, else as a string). Every problem is a ConfigError naming
+the key; nothing is written before settings are valid.
+
+pydantic does the validation: it reports the location of every bad key, forbids
+unknown keys and coerces types, which hand-written checks would repeat for each key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import quote
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+from aggregator.errors import ConfigError
+from aggregator.resources import seeds_dir
+
+ENV_PREFIX = "AGGREGATOR_"
+CONFIG_ENV = "AGGREGATOR_CONFIG"
+
+KINDS = ("newsnow", "feed", "json", "weibo", "zhihu", "baidu", "toutiao", "douyin", "bilibili")
+NATIVE_KINDS = ("weibo", "zhihu", "baidu", "toutiao", "douyin", "bilibili")
+
+# Per-kind interval when neither the entry nor the catalog gives one: hot lists move in
+# minutes, feeds in tens of minutes.
+DEFAULT_INTERVAL_S = {"newsnow": 600.0, "feed": 1800.0, "json": 600.0}
+NATIVE_DEFAULT_INTERVAL_S = 600.0
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)")
+_UNIT_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+
+
+def parse_duration(value: object) -> float:
+    """'90s', '2m', '1h30m', '7d' or a number of seconds → seconds (float)."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '90s', '10m', '6h' or '7d'")
+    if isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if not text:
+            raise ValueError("empty duration")
+        pos, seconds = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos:
+                break
+            seconds += float(match.group(1)) * _UNIT_S[match.group(2)]
+            pos = match.end()
+        if pos != len(text):
+            raise ValueError(f"{value!r} is not a duration such as '90s', '10m', '6h' or '7d'")
+    else:
+        raise ValueError("expected a duration such as '90s', '10m', '6h' or '7d'")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _zone(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a time zone name such as 'Asia/Shanghai'")
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r}") from exc
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(_Section):
+    data_dir: str = "./data"
+    url: str = ""  # any SQLAlchemy URL; empty means {data_dir}/aggregator.db
+    busy_timeout: Duration = 10.0
+    pool_size: int = Field(5, ge=1, le=100)
+    max_overflow: int = Field(5, ge=0, le=100)
+
+    @property
+    def effective_url(self) -> str:
+        if self.url:
+            return self.url
+        return f"sqlite+aiosqlite:///{Path(self.data_dir) / 'aggregator.db'}"
+
+
+class NewsNowSettings(_Section):
+    base_url: str = "https://newsnow.busiyi.world"
+
+
+class HttpSettings(_Section):
+    timeout: Duration = 20.0  # total deadline of one request, body included
+    connect_timeout: Duration = 5.0
+    max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    user_agent: str = (
+        "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/126.0 Safari/537.36 aggregator/0.1"
+    )
+    per_host_limit: int = Field(4, ge=1, le=64)
+    proxy: str = ""
+
+
+class DaemonSettings(_Section):
+    jitter: Duration = 10.0  # each source's runs are spread by up to this much
+    misfire_fraction: float = Field(0.5, gt=0, le=1)
+    poll_deadline_fraction: float = Field(0.8, gt=0, le=1)
+    rescore_every: Duration = 60.0
+    shutdown_grace: Duration = 10.0
+    instance_id: str = ""
+
+
+class ScoreSettings(_Section):
+    half_life: Duration = 6 * 3600.0
+    heat_weight: float = Field(0.5, ge=0, le=1)  # share of native heat in the signal
+    persistence_bonus: float = Field(0.1, ge=0, le=1)  # at most this much heat per story
+    persistence_full: Duration = 6 * 3600.0  # on a list this long earns the full bonus
+    active_window: Duration = 48 * 3600.0  # stories seen within it are rescored
+
+
+class DedupeSettings(_Section):
+    window: Duration = 48 * 3600.0
+    threshold: float = Field(0.5, gt=0, le=1)
+
+
+class DisplaySettings(_Section):
+    timezone: Annotated[str, BeforeValidator(_zone)] = "Asia/Shanghai"
+    timezone_label: str = ""  # empty: 北京时间 for Asia/Shanghai, else the zone name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    @property
+    def zone_label(self) -> str:
+        if self.timezone_label:
+            return self.timezone_label
+        return "北京时间" if self.timezone in ("Asia/Shanghai", "PRC", "Asia/Chongqing") else self.timezone
+
+
+class LogSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["text", "json"] = "text"
+
+
+class SourceSettings(_Section):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=64)]
+    kind: Literal[KINDS]  # type: ignore[valid-type]
+    name: str = ""
+    display_name: str = ""  # as shown in exports; default "NewsNow 微博" for NewsNow sources
+    interval: Duration | None = None
+    enabled: bool = True
+    weight: float = Field(1.0, ge=0, le=100)
+    url: str = ""
+    base_url: str = ""  # newsnow: overrides [newsnow] base_url
+    newsnow_id: str = ""  # newsnow: the id on the NewsNow side, default `id`
+    headers: dict[str, str] = Field(default_factory=dict)
+    cookies: dict[str, str] = Field(default_factory=dict)
+    category: str = ""
+    # kind = "json": a declarative mapping of a JSON hot list.
+    items_path: str = ""
+    title_field: str = ""
+    url_field: str = ""
+    heat_field: str = ""
+    id_field: str = ""
+    label_field: str = ""
+    url_template: str = ""
+
+    @model_validator(mode="after")
+    def _kind_needs(self) -> SourceSettings:
+        if self.kind in ("feed", "json") and not self.url:
+            raise ValueError(f"a {self.kind} source needs `url`")
+        if self.interval is not None and self.interval < 1:
+            raise ValueError("interval must be at least 1s")
+        return self
+
+    @property
+    def interval_s(self) -> float:
+        assert self.interval is not None  # filled from the catalog in load_settings
+        return self.interval
+
+
+class Settings(_Section):
+    store: StoreSettings = StoreSettings()
+    newsnow: NewsNowSettings = NewsNowSettings()
+    http: HttpSettings = HttpSettings()
+    daemon: DaemonSettings = DaemonSettings()
+    score: ScoreSettings = ScoreSettings()
+    dedupe: DedupeSettings = DedupeSettings()
+    display: DisplaySettings = DisplaySettings()
+    log: LogSettings = LogSettings()
+    sources: tuple[SourceSettings, ...] = ()
+    config_path: str = ""  # where these settings came from ("" = built-in defaults)
+
+    def source(self, source_id: str) -> SourceSettings:
+        for source in self.sources:
+            if source.id == source_id:
+                return source
+        raise KeyError(source_id)
+
+    @property
+    def enabled_sources(self) -> tuple[SourceSettings, ...]:
+        return tuple(s for s in self.sources if s.enabled)
+
+
+def load_catalog() -> dict[str, dict[str, dict[str, Any]]]:
+    """The seed catalog: {"newsnow": {id: entry}, "native": {kind: entry}}."""
+    with (seeds_dir() / "sources.toml").open("rb") as fh:
+        return tomllib.load(fh)
+
+
+def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError("--config", f"no such file: {explicit}")
+        return path
+    from_env = environ.get(CONFIG_ENV)
+    if from_env:
+        path = Path(from_env)
+        if not path.is_file():
+            raise ConfigError(CONFIG_ENV, f"no such file: {from_env}")
+        return path
+    local = Path("settings.toml")
+    return local if local.is_file() else None
+
+
+def _env_value(text: str) -> object:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Fold AGGREGATOR_<SECTION>__<KEY> variables into the raw settings dict."""
+    merged = {k: (dict(v) if isinstance(v, dict) else v) for k, v in raw.items()}
+    for name, value in environ.items():
+        if not name.startswith(ENV_PREFIX) or name == CONFIG_ENV:
+            continue
+        parts = name[len(ENV_PREFIX) :].lower().split("__")
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(name, "expected AGGREGATOR_<SECTION>__<KEY>, e.g. AGGREGATOR_STORE__URL")
+        section, key = parts
+        if section == "sources" or section not in Settings.model_fields or section == "config_path":
+            raise ConfigError(name, f"no settings section [{section}] can be set from the environment")
+        merged.setdefault(section, {})
+        merged[section][key] = _env_value(value)
+    return merged
+
+
+def _key_of(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
+    out = ""
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            out += f"[{part}]"
+            if i == 1 and loc[0] == "sources":
+                entries = raw.get("sources")
+                if isinstance(entries, list) and part < len(entries) and isinstance(entries[part], dict):
+                    source_id = entries[part].get("id")
+                    if source_id:
+                        out += f"(id={source_id})"
+        elif part in KINDS or part.startswith("function-"):
+            continue  # pydantic's union/validator tags, not keys
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "settings"
+
+
+def validate(raw: dict[str, Any], config_path: str = "") -> Settings:
+    """Raw dict (TOML + env) → Settings, with catalog defaults filled in."""
+    sources = raw.get("sources", [])
+    if not isinstance(sources, list):
+        raise ConfigError("sources", "expected an array of [[sources]] tables")
+    try:
+        settings = Settings.model_validate({**raw, "config_path": config_path})
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key = _key_of(tuple(err["loc"]), raw)
+            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            message = message.removeprefix("Value error, ")
+            problems.append(f"{key}: {message}")
+        first_key = _key_of(tuple(exc.errors()[0]["loc"]), raw)
+        raise ConfigError(first_key, "; ".join(problems).removeprefix(f"{first_key}: ")) from None
+    seen: dict[str, int] = {}
+    for index, source in enumerate(settings.sources):
+        if source.id in seen:
+            raise ConfigError(f"sources[{index}].id", f"duplicate source id {source.id!r} (also sources[{seen[source.id]}])")
+        seen[source.id] = index
+    catalog = load_catalog()
+    filled = tuple(_with_catalog(s, catalog, settings.newsnow.base_url) for s in settings.sources)
+    return settings.model_copy(update={"sources": filled})
+
+
+def _with_catalog(
+    source: SourceSettings, catalog: dict[str, dict[str, dict[str, Any]]], newsnow_base: str
+) -> SourceSettings:
+    update: dict[str, Any] = {}
+    if source.kind == "newsnow":
+        if not source.url:
+            base = (source.base_url or newsnow_base).rstrip("/")
+            update["url"] = f"{base}/api/s?id={quote(source.newsnow_id or source.id)}&latest"
+        entry = catalog.get("newsnow", {}).get(source.newsnow_id or source.id, {})
+        default_interval = DEFAULT_INTERVAL_S["newsnow"]
+    elif source.kind in NATIVE_KINDS:
+        entry = catalog.get("native", {}).get(source.kind, {})
+        default_interval = NATIVE_DEFAULT_INTERVAL_S
+    else:
+        entry, default_interval = {}, DEFAULT_INTERVAL_S[source.kind]
+    if source.interval is None:
+        update["interval"] = parse_duration(entry["interval"]) if "interval" in entry else default_interval
+    if not source.name:
+        base = entry.get("name", source.id)
+        update["name"] = f"{base} {entry['title']}" if entry.get("title") and source.kind == "newsnow" else base
+    if not source.category and entry.get("category"):
+        update["category"] = entry["category"]
+    return source.model_copy(update=update) if update else source
+
+
+def load_settings(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:
+    env = os.environ if environ is None else environ
+    path = find_config(explicit, env)
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with path.open("rb") as fh:
+                raw = tomllib.load(fh)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+        except OSError as exc:
+            raise ConfigError(str(path), f"cannot read: {exc.strerror}") from None
+    raw = apply_env(raw, env)
+    return validate(raw, str(path) if path else "")
+
+
+def display_name(source: SourceSettings) -> str:
+    """The name shown in exports and views: 'NewsNow 微博' for a NewsNow source."""
+    if source.display_name:
+        return source.display_name
+    if source.kind == "newsnow":
+        return f"NewsNow {source.name}"
+    return source.name

@@ -1,0 +1,171 @@
+"""Opening the database: engines with SQLite pragmas, migrations, ownership checks."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from aggregator.errors import StoreError
+from aggregator.resources import migrations_dir
+
+# Written into aggregator_meta by migration runs: a database with our tables but another
+# application id is not ours.
+APPLICATION = "aggregator"
+# SQLite's default page cache is 2 MiB; 8 MiB keeps the indexes of a busy store warm
+# without letting the daemon's memory grow with the database.
+SQLITE_CACHE_KIB = 8192
+
+
+def sqlite_path(url: str) -> Path | None:
+    parsed = make_url(url)
+    if not parsed.drivername.startswith("sqlite"):
+        return None
+    database = parsed.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return None
+    return Path(database)
+
+
+def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
+    parsed = make_url(url)
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        url = str(parsed.set(drivername="sqlite+aiosqlite"))
+    elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"):
+        url = str(parsed.set(drivername="postgresql+asyncpg"))
+    if url.startswith("sqlite"):
+        path = sqlite_path(url)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s})
+        _sqlite_events(engine, busy_timeout_s)
+        return engine
+    return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+
+
+def _sqlite_events(engine: AsyncEngine, busy_timeout_s: float) -> None:
+    sync_engine = engine.sync_engine
+
+    @event.listens_for(sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy's begin event emit BEGIN itself (pysqlite's implicit BEGIN is deferred).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        for pragma in (
+            "PRAGMA journal_mode=WAL",
+            f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}",
+            "PRAGMA foreign_keys=ON",
+            "PRAGMA synchronous=NORMAL",  # WAL + NORMAL: durable at checkpoints, never corrupt
+            f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}",
+        ):
+            cursor.execute(pragma)
+        cursor.close()
+
+    @event.listens_for(sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred BEGIN that reads then writes
+        # fails at once with SQLITE_BUSY_SNAPSHOT instead of waiting for busy_timeout.
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def _alembic_config(connection: Connection | None = None) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str:
+    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
+    assert head is not None
+    return head
+
+
+def _current_revision(connection: Connection) -> str | None:
+    return MigrationContext.configure(connection).get_current_revision()
+
+
+def _check_ours(connection: Connection) -> None:
+    """Refuse a database that is newer than this code or belongs to something else."""
+    inspector = sa.inspect(connection)
+    tables = set(inspector.get_table_names())
+    script = ScriptDirectory.from_config(_alembic_config())
+    current = _current_revision(connection)
+    if current is not None and not _known(script, current):
+        raise StoreError(
+            f"database is at schema revision {current!r}, which this version of aggregator does not know "
+            "(it was written by a newer version); upgrade aggregator, or use a backup"
+        )
+    if current is None and tables - {"alembic_version"}:
+        raise StoreError(
+            f"database has tables ({', '.join(sorted(tables)[:5])}...) but no aggregator schema version: "
+            "it is not an aggregator database; refusing to touch it"
+        )
+    if current is not None and "aggregator_meta" in tables:
+        row = connection.execute(sa.text("SELECT value FROM aggregator_meta WHERE key = 'application'")).first()
+        if row is not None and row[0] != APPLICATION:
+            raise StoreError(f"database belongs to {row[0]!r}, not aggregator; refusing to touch it")
+
+
+def _known(script: ScriptDirectory, revision: str) -> bool:
+    try:
+        return script.get_revision(revision) is not None
+    except Exception:  # alembic raises several types for unknown ids
+        return False
+
+
+def _upgrade(connection: Connection) -> None:
+    from alembic import command
+
+    _check_ours(connection)
+    command.upgrade(_alembic_config(connection), "head")
+    connection.execute(
+        sa.text(
+            "INSERT INTO aggregator_meta (key, value, updated_at) VALUES ('application', :app, :now) "
+            "ON CONFLICT (key) DO NOTHING"
+        ),
+        {"app": APPLICATION, "now": _now_text(connection)},
+    )
+
+
+def _now_text(connection: Connection) -> Any:
+    from datetime import UTC, datetime
+
+    now = datetime.now(UTC)
+    return now.strftime("%Y-%m-%d %H:%M:%S") if connection.dialect.name == "sqlite" else now
+
+
+async def upgrade(engine: AsyncEngine) -> None:
+    """Apply every pending migration (a no-op on an up-to-date database)."""
+    try:
+        async with engine.connect() as conn:
+            await conn.run_sync(_upgrade)
+            await conn.commit()
+    except StoreError:
+        raise
+    except (OperationalError, DBAPIError, sqlite3.Error, OSError, asyncio.TimeoutError) as exc:
+        raise StoreError(f"cannot open the database: {_reason(exc)}") from exc
+
+
+async def check_version(engine: AsyncEngine) -> str | None:
+    """The schema revision of the database, after checking it is ours and not newer."""
+    async with engine.connect() as conn:
+        await conn.run_sync(_check_ours)
+        return await conn.run_sync(_current_revision)
+
+
+def _reason(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(orig or exc).splitlines()[0]
