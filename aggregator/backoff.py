@@ -10,13 +10,19 @@ MAX_BACKOFF_S = 6 * 3600.0
 MIN_RETRY_AFTER_S = 5.0
 
 
-def retry_delay_s(interval_s: float, failures: int, retry_after_s: float | None = None, *,
-                  cap_s: float = MAX_BACKOFF_S, rng: random.Random | None = None) -> float:
+def retry_delay_s(
+    interval_s: float,
+    failures: int,
+    retry_after_s: float | None = None,
+    *,
+    cap_s: float = MAX_BACKOFF_S,
+    rng: random.Random | None = None,
+) -> float:
     """Seconds until the next attempt after `failures` consecutive failures (0 = healthy)."""
     if failures <= 0:
         return interval_s
-    r = rng or random
-    base = min(interval_s * 2 ** (failures - 1), cap_s)
+    r: random.Random = rng or random.Random()
+    base = min(interval_s * 2.0 ** (failures - 1), cap_s)
     delay = max(base * (0.8 + 0.4 * r.random()), min(interval_s, cap_s))
     if retry_after_s is not None:
         delay = max(delay, min(max(retry_after_s, MIN_RETRY_AFTER_S), cap_s))

@@ -78,8 +78,10 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
             elif r.status == "not_modified":
                 print(f"{r.source_id:<24} ok     not modified  ({r.duration_s:.2f}s)")
             else:
-                print(f"{r.source_id:<24} ok     {r.item_count} items ({r.new_count} new, "
-                      f"{r.dropped_count} dropped)  ({r.duration_s:.2f}s)")
+                print(
+                    f"{r.source_id:<24} ok     {r.item_count} items ({r.new_count} new, "
+                    f"{r.dropped_count} dropped)  ({r.duration_s:.2f}s)"
+                )
         print(f"{len(results) - failed} of {len(results)} sources ok")
         return EXIT_FAILED if failed else EXIT_OK
     return await Daemon(settings).run(args.source)
@@ -88,8 +90,12 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 async def _open_store(settings: Settings) -> Any:
     from aggregator.store import Store
 
-    return await Store.open(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout,
-                            pool_size=settings.store.pool_size, max_overflow=settings.store.max_overflow)
+    return await Store.open(
+        settings.store.effective_url,
+        busy_timeout_s=settings.store.busy_timeout,
+        pool_size=settings.store.pool_size,
+        max_overflow=settings.store.max_overflow,
+    )
 
 
 async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
@@ -111,11 +117,15 @@ async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
         if due is None and r["last_poll_at"] is not None:
             due = r["last_poll_at"] + timedelta(seconds=r["interval_s"])
         error = "-"
-        if r["last_error_at"] is not None and (r["last_success_at"] is None or r["last_error_at"] > r["last_success_at"]):
+        if r["last_error_at"] is not None and (
+            r["last_success_at"] is None or r["last_error_at"] > r["last_success_at"]
+        ):
             error = f"{r['last_error_kind']}: {r['last_error']} (x{r['consecutive_failures']})"
         state = "" if r["enabled"] else " (disabled)"
-        print(f"{r['id']:<22} {r['kind']:<8} {every:>6}  {_local(r['last_success_at'], zone):<19}  "
-              f"{_local(due, zone):<19}  {error}{state}")
+        print(
+            f"{r['id']:<22} {r['kind']:<8} {every:>6}  {_local(r['last_success_at'], zone):<19}  "
+            f"{_local(due, zone):<19}  {error}{state}"
+        )
     return EXIT_OK
 
 
@@ -175,8 +185,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aggregator: settings error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format,
-                  settings.daemon.instance_id)
+    setup_logging(
+        args.log_level or settings.log.level, args.log_format or settings.log.format, settings.daemon.instance_id
+    )
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
     except ConfigError as exc:

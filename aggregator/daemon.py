@@ -34,8 +34,6 @@ from aggregator.store.lock import DaemonLock
 
 log = logging.getLogger("aggregator.daemon")
 
-# At start, sources that are due are spread over this long instead of all at once.
-STARTUP_SPREAD_S = 30.0
 # `run --once` polls this many sources at a time.
 ONCE_CONCURRENCY = 8
 
@@ -66,8 +64,15 @@ async def open_context(settings: Settings, store: Store) -> PollContext:
     await store.sync_sources(settings.sources, now)
     assigner = StoryAssigner(settings.dedupe.window)
     assigner.load(await store.active_items(now - timedelta(seconds=settings.dedupe.window)))
-    ctx = PollContext(settings=settings, store=store, fetcher=make_fetcher(settings.http), collectors=COLLECTORS,
-                      clock=utc_now, stories=assigner, instance=instance_id(settings))
+    ctx = PollContext(
+        settings=settings,
+        store=store,
+        fetcher=make_fetcher(settings.http),
+        collectors=COLLECTORS,
+        clock=utc_now,
+        stories=assigner,
+        instance=instance_id(settings),
+    )
     for source_id, (state, _last, _failures) in (await store.source_states()).items():
         ctx.states[source_id] = state
     return ctx
@@ -84,8 +89,12 @@ async def run_once(settings: Settings, source_ids: Sequence[str] | None = None) 
     if lock is not None:
         lock.acquire()
     try:
-        store = await Store.open(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout,
-                                 pool_size=settings.store.pool_size, max_overflow=settings.store.max_overflow)
+        store = await Store.open(
+            settings.store.effective_url,
+            busy_timeout_s=settings.store.busy_timeout,
+            pool_size=settings.store.pool_size,
+            max_overflow=settings.store.max_overflow,
+        )
         try:
             ctx = await open_context(settings, store)
             try:
@@ -149,8 +158,12 @@ class Daemon:
             delay = retry_delay_s(source.interval_s, failures, retry_after_s)
             when = utc_now() + timedelta(seconds=delay)
             job.modify(next_run_time=when)
-            log.warning("source %s: %d consecutive failure(s); next attempt at %s", source.id, failures,
-                        when.strftime("%H:%M:%SZ"))
+            log.warning(
+                "source %s: %d consecutive failure(s); next attempt at %s",
+                source.id,
+                failures,
+                when.strftime("%H:%M:%SZ"),
+            )
         elif previous:
             log.info("source %s recovered after %d failure(s)", source.id, previous)
             job.modify(next_run_time=utc_now() + timedelta(seconds=source.interval_s))
@@ -173,20 +186,35 @@ class Daemon:
             first = last + timedelta(seconds=source.interval_s) if last is not None else now
             if first <= now:
                 # Due already: spread the backlog so a restart does not poll everything at once.
-                spread = min(STARTUP_SPREAD_S, source.interval_s)
+                spread = min(self.settings.daemon.startup_spread, source.interval_s)
                 first = now + timedelta(seconds=random.uniform(0, spread) if due_index else 0)
                 due_index += 1
-            trigger = IntervalTrigger(seconds=source.interval_s, jitter=min(self.settings.daemon.jitter,
-                                                                             source.interval_s / 4) or None,
-                                      timezone=UTC)
-            self.scheduler.add_job(self._poll_job, trigger, args=[source], id=source.id, name=f"poll {source.id}",
-                                   coalesce=True, max_instances=1,
-                                   misfire_grace_time=self._misfire_grace_s(source.interval_s),
-                                   next_run_time=first)
+            trigger = IntervalTrigger(
+                seconds=source.interval_s,
+                jitter=min(self.settings.daemon.jitter, source.interval_s / 4) or None,
+                timezone=UTC,
+            )
+            self.scheduler.add_job(
+                self._poll_job,
+                trigger,
+                args=[source],
+                id=source.id,
+                name=f"poll {source.id}",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=self._misfire_grace_s(source.interval_s),
+                next_run_time=first,
+            )
         every = self.settings.daemon.rescore_every
-        self.scheduler.add_job(self._rescore_job, IntervalTrigger(seconds=every, timezone=UTC), id="rescore",
-                               coalesce=True, max_instances=1, misfire_grace_time=max(1, int(every / 2)),
-                               next_run_time=now + timedelta(seconds=min(every, 5.0)))
+        self.scheduler.add_job(
+            self._rescore_job,
+            IntervalTrigger(seconds=every, timezone=UTC),
+            id="rescore",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(every / 2)),
+            next_run_time=now + timedelta(seconds=min(every, 5.0)),
+        )
 
     async def run(self, source_ids: Sequence[str] | None = None) -> int:
         settings = self.settings
@@ -195,8 +223,12 @@ class Daemon:
         if lock is not None:
             lock.acquire()
         try:
-            store = await Store.open(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout,
-                                     pool_size=settings.store.pool_size, max_overflow=settings.store.max_overflow)
+            store = await Store.open(
+                settings.store.effective_url,
+                busy_timeout_s=settings.store.busy_timeout,
+                pool_size=settings.store.pool_size,
+                max_overflow=settings.store.max_overflow,
+            )
             try:
                 self.ctx = await open_context(settings, store)
                 states = await store.source_states()
@@ -207,8 +239,12 @@ class Daemon:
                     loop.add_signal_handler(sig, self._on_signal, sig)
                 self._schedule(chosen, last_polls)
                 self.scheduler.start()
-                log.info("daemon %s started: %d sources, store %s", self.ctx.instance, len(chosen),
-                         _safe_url(settings.store.effective_url))
+                log.info(
+                    "daemon %s started: %d sources, store %s",
+                    self.ctx.instance,
+                    len(chosen),
+                    _safe_url(settings.store.effective_url),
+                )
                 await self.stop_event.wait()
                 await self._shutdown()
             finally:
@@ -230,8 +266,7 @@ class Daemon:
         self.scheduler.shutdown(wait=False)
         pending = set(self.inflight)
         if pending:
-            log.info("waiting up to %.0fs for %d poll(s) in flight", self.settings.daemon.shutdown_grace,
-                     len(pending))
+            log.info("waiting up to %.0fs for %d poll(s) in flight", self.settings.daemon.shutdown_grace, len(pending))
             _done, still = await asyncio.wait(pending, timeout=self.settings.daemon.shutdown_grace)
             for task in still:
                 task.cancel()

@@ -31,8 +31,14 @@ class CollectError(AggregatorError):
 
     kind = "network"
 
-    def __init__(self, message: str, *, kind: str | None = None, http_status: int | None = None,
-                 retry_after_s: float | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        kind: str | None = None,
+        http_status: int | None = None,
+        retry_after_s: float | None = None,
+    ) -> None:
         super().__init__(message)
         if kind is not None:
             self.kind = kind
@@ -56,7 +62,19 @@ class StoreError(AggregatorError):
 
 # Every value that polls.error_kind can hold.
 ERROR_KINDS = (
-    "timeout", "network", "dns", "tls", "http_4xx", "http_5xx", "rate_limited",
-    "too_large", "redirect_loop", "blocked", "parse", "schema", "empty", "store",
+    "timeout",
+    "network",
+    "dns",
+    "tls",
+    "http_4xx",
+    "http_5xx",
+    "rate_limited",
+    "too_large",
+    "redirect_loop",
+    "blocked",
+    "parse",
+    "schema",
+    "empty",
+    "store",
     "internal",
 )

@@ -96,15 +96,24 @@ async def _write_error(ctx: PollContext, w: PollWrite) -> int | None:
         return None
 
 
-def _error_result(source: SourceSettings, started: datetime, finished: datetime, kind: str, message: str,
-                  http_status: int | None, retry_after_s: float | None = None, poll_id: int | None = None
-                  ) -> PollResult:
-    return PollResult(source.id, poll_id, "error", started, finished, http_status, 0, 0, 0, kind, message,
-                      retry_after_s)
+def _error_result(
+    source: SourceSettings,
+    started: datetime,
+    finished: datetime,
+    kind: str,
+    message: str,
+    http_status: int | None,
+    retry_after_s: float | None = None,
+    poll_id: int | None = None,
+) -> PollResult:
+    return PollResult(
+        source.id, poll_id, "error", started, finished, http_status, 0, 0, 0, kind, message, retry_after_s
+    )
 
 
-async def poll_source(ctx: PollContext, source: SourceSettings, *, next_attempt_at: datetime | None = None
-                      ) -> PollResult:
+async def poll_source(
+    ctx: PollContext, source: SourceSettings, *, next_attempt_at: datetime | None = None
+) -> PollResult:
     """Poll one source once and record the outcome; never raises for the source's faults."""
     state = ctx.states.setdefault(source.id, SourceState())
     collect = ctx.collectors[source.kind]
@@ -114,26 +123,64 @@ async def poll_source(ctx: PollContext, source: SourceSettings, *, next_attempt_
     except CollectError as exc:
         finished = ctx.clock()
         message = str(exc)
-        w = PollWrite(source.id, started, finished, "error", exc.http_status, (), (), (), 0, exc.kind, message,
-                      next_attempt_at=next_attempt_at, instance=ctx.instance)
+        w = PollWrite(
+            source.id,
+            started,
+            finished,
+            "error",
+            exc.http_status,
+            (),
+            (),
+            (),
+            0,
+            exc.kind,
+            message,
+            next_attempt_at=next_attempt_at,
+            instance=ctx.instance,
+        )
         poll_id = await _write_error(ctx, w)
         log.warning("poll %s failed: %s: %s", source.id, exc.kind, message)
-        return _error_result(source, started, finished, exc.kind, message, exc.http_status, exc.retry_after_s,
-                             poll_id)
+        return _error_result(source, started, finished, exc.kind, message, exc.http_status, exc.retry_after_s, poll_id)
     except Exception as exc:  # a bug in one collector must not stop the others
         finished = ctx.clock()
         log.exception("poll %s: collector bug", source.id)
         message = f"internal error: {type(exc).__name__}: {exc}"
-        w = PollWrite(source.id, started, finished, "error", None, (), (), (), 0, "internal", message[:500],
-                      next_attempt_at=next_attempt_at, instance=ctx.instance)
+        w = PollWrite(
+            source.id,
+            started,
+            finished,
+            "error",
+            None,
+            (),
+            (),
+            (),
+            0,
+            "internal",
+            message[:500],
+            next_attempt_at=next_attempt_at,
+            instance=ctx.instance,
+        )
         poll_id = await _write_error(ctx, w)
         return _error_result(source, started, finished, "internal", message, None, None, poll_id)
 
     finished = ctx.clock()
     if collected.not_modified:
-        w = PollWrite(source.id, started, finished, "not_modified", collected.http_status, (), (), (), 0,
-                      etag=collected.etag, last_modified=collected.last_modified, cookies=_cookies(state, collected.cookies),
-                      next_attempt_at=next_attempt_at, instance=ctx.instance)
+        w = PollWrite(
+            source.id,
+            started,
+            finished,
+            "not_modified",
+            collected.http_status,
+            (),
+            (),
+            (),
+            0,
+            etag=collected.etag,
+            last_modified=collected.last_modified,
+            cookies=_cookies(state, collected.cookies),
+            next_attempt_at=next_attempt_at,
+            instance=ctx.instance,
+        )
         poll_id = await _write_error(ctx, w)
         log.info("poll %s not modified (%.2fs)", source.id, (finished - started).total_seconds())
         return PollResult(source.id, poll_id, "not_modified", started, finished, collected.http_status, 0, 0, 0)
@@ -142,17 +189,42 @@ async def poll_source(ctx: PollContext, source: SourceSettings, *, next_attempt_
     dropped += collected.dropped_count
     if collected.items and not items:
         message = f"none of the {len(collected.items)} entries has a usable title"
-        w = PollWrite(source.id, started, finished, "error", collected.http_status, (), (), (), dropped, "schema",
-                      message, next_attempt_at=next_attempt_at, instance=ctx.instance)
+        w = PollWrite(
+            source.id,
+            started,
+            finished,
+            "error",
+            collected.http_status,
+            (),
+            (),
+            (),
+            dropped,
+            "schema",
+            message,
+            next_attempt_at=next_attempt_at,
+            instance=ctx.instance,
+        )
         poll_id = await _write_error(ctx, w)
         log.warning("poll %s failed: schema: %s", source.id, message)
         return _error_result(source, started, finished, "schema", message, collected.http_status, None, poll_id)
 
     story_ids, unknown = ctx.stories.assign(items, finished)
-    w = PollWrite(source.id, started, finished, "ok", collected.http_status, items, story_ids, unknown, dropped,
-                  etag=collected.etag, last_modified=collected.last_modified,
-                  cookies=_cookies(state, collected.cookies), next_attempt_at=next_attempt_at,
-                  instance=ctx.instance)
+    w = PollWrite(
+        source.id,
+        started,
+        finished,
+        "ok",
+        collected.http_status,
+        items,
+        story_ids,
+        unknown,
+        dropped,
+        etag=collected.etag,
+        last_modified=collected.last_modified,
+        cookies=_cookies(state, collected.cookies),
+        next_attempt_at=next_attempt_at,
+        instance=ctx.instance,
+    )
     try:
         poll_id, new_count = await _write(ctx, w)
     except StoreError as exc:
@@ -162,10 +234,17 @@ async def poll_source(ctx: PollContext, source: SourceSettings, *, next_attempt_
     state.etag, state.last_modified = collected.etag, collected.last_modified
     if collected.cookies:
         state.cookies.update(collected.cookies)
-    log.info("poll %s ok: %d items (%d new, %d dropped) in %.2fs", source.id, len(items), new_count, dropped,
-             (finished - started).total_seconds())
-    return PollResult(source.id, poll_id, "ok", started, finished, collected.http_status, len(items), new_count,
-                      dropped)
+    log.info(
+        "poll %s ok: %d items (%d new, %d dropped) in %.2fs",
+        source.id,
+        len(items),
+        new_count,
+        dropped,
+        (finished - started).total_seconds(),
+    )
+    return PollResult(
+        source.id, poll_id, "ok", started, finished, collected.http_status, len(items), new_count, dropped
+    )
 
 
 def _cookies(state: SourceState, fresh: dict[str, str] | None) -> dict[str, str] | None:

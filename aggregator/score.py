@@ -69,8 +69,9 @@ class StoryHeat:
         return self.base_heat * self.decay
 
 
-def observation_signal(rank: int, list_length: int, heat: float | None, max_heat: float | None,
-                       heat_weight: float) -> float:
+def observation_signal(
+    rank: int, list_length: int, heat: float | None, max_heat: float | None, heat_weight: float
+) -> float:
     """The 0–1 signal of one observation: position, blended with native heat when known."""
     length = max(list_length, rank, 1)
     position = (length - rank + 1) / length
@@ -91,11 +92,12 @@ def decay_factor(last_seen_at: datetime, now: datetime, half_life_s: float) -> f
     elapsed = max((now - last_seen_at).total_seconds(), 0.0)
     if half_life_s <= 0:
         return 0.0
-    return 0.5 ** (elapsed / half_life_s)
+    return float(0.5 ** (elapsed / half_life_s))
 
 
-def listed_heats(entries: Iterable[ListEntry], first_seen: Mapping[int, datetime], now: datetime,
-                 settings: ScoreSettings) -> dict[int, StoryHeat]:
+def listed_heats(
+    entries: Iterable[ListEntry], first_seen: Mapping[int, datetime], now: datetime, settings: ScoreSettings
+) -> dict[int, StoryHeat]:
     """Heat of every story on at least one current list: best signal per source, summed."""
     best: dict[int, dict[str, SourceTerm]] = {}
     seen_at: dict[int, datetime] = {}
@@ -115,10 +117,15 @@ def listed_heats(entries: Iterable[ListEntry], first_seen: Mapping[int, datetime
     return out
 
 
-def unlisted_heat(story_id: int, base_heat: float, last_seen_at: datetime, now: datetime,
-                  settings: ScoreSettings) -> StoryHeat:
-    return StoryHeat(story_id, base_heat=base_heat, decay=decay_factor(last_seen_at, now, settings.half_life),
-                     last_seen_at=last_seen_at)
+def unlisted_heat(
+    story_id: int, base_heat: float, last_seen_at: datetime, now: datetime, settings: ScoreSettings
+) -> StoryHeat:
+    return StoryHeat(
+        story_id,
+        base_heat=base_heat,
+        decay=decay_factor(last_seen_at, now, settings.half_life),
+        last_seen_at=last_seen_at,
+    )
 
 
 @dataclass(frozen=True, slots=True)

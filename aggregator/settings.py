@@ -117,6 +117,7 @@ class DaemonSettings(_Section):
     misfire_fraction: float = Field(0.5, gt=0, le=1)
     poll_deadline_fraction: float = Field(0.8, gt=0, le=1)
     rescore_every: Duration = 60.0
+    startup_spread: Duration = 30.0  # sources due at start are spread over this long
     shutdown_grace: Duration = 10.0
     instance_id: str = ""
 
@@ -297,7 +298,9 @@ def validate(raw: dict[str, Any], config_path: str = "") -> Settings:
     seen: dict[str, int] = {}
     for index, source in enumerate(settings.sources):
         if source.id in seen:
-            raise ConfigError(f"sources[{index}].id", f"duplicate source id {source.id!r} (also sources[{seen[source.id]}])")
+            raise ConfigError(
+                f"sources[{index}].id", f"duplicate source id {source.id!r} (also sources[{seen[source.id]}])"
+            )
         seen[source.id] = index
     catalog = load_catalog()
     filled = tuple(_with_catalog(s, catalog, settings.newsnow.base_url) for s in settings.sources)

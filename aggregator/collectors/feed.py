@@ -14,7 +14,7 @@ from typing import Any
 
 import feedparser
 
-from aggregator.collectors.fetch import Fetcher, FetchResponse, decode_json, fetch, looks_blocked
+from aggregator.collectors.fetch import Fetcher, FetchResponse, decode_json, fetch, looks_blocked, parsing
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -59,8 +59,15 @@ def _json_feed(response: FetchResponse) -> list[RawItem]:
         url = entry.get("url") if isinstance(entry.get("url"), str) else None
         summary = entry.get("summary") if isinstance(entry.get("summary"), str) else None
         native = entry.get("id")
-        items.append(RawItem(title=title, url=url, native_id=str(native) if native is not None else None,
-                             summary=summary, published_at=published))
+        items.append(
+            RawItem(
+                title=title,
+                url=url,
+                native_id=str(native) if native is not None else None,
+                summary=summary,
+                published_at=published,
+            )
+        )
     return items
 
 
@@ -73,8 +80,10 @@ def parse(response: FetchResponse) -> list[RawItem]:
         raise ParseError("empty body where a feed was expected", kind="empty")
     if _DTD_ATTACK.search(body[:65536]):
         raise ParseError("feed declares a DOCTYPE subset or ENTITY: refused before parsing", kind="parse")
-    headers = {"content-type": response.headers.get("content-type", "application/xml"),
-               "content-location": response.url}
+    headers = {
+        "content-type": response.headers.get("content-type", "application/xml"),
+        "content-location": response.url,
+    }
     parsed = feedparser.parse(body, response_headers=headers, sanitize_html=True, resolve_relative_uris=True)
     entries = parsed.get("entries") or []
     if not entries:
@@ -91,19 +100,34 @@ def parse(response: FetchResponse) -> list[RawItem]:
         title = entry.get("title") or ""
         link = entry.get("link") or None
         summary = entry.get("summary") or None
-        items.append(RawItem(title=title, url=link, native_id=entry.get("id") or None,
-                             summary=summary, published_at=_when(entry)))
+        items.append(
+            RawItem(
+                title=title, url=link, native_id=entry.get("id") or None, summary=summary, published_at=_when(entry)
+            )
+        )
     return items
 
 
 async def collect(fetcher: Fetcher, source: SourceSettings, state: SourceState) -> Collected:
     accept = "application/rss+xml, application/atom+xml, application/feed+json, application/xml;q=0.9, */*;q=0.8"
-    response = await fetch(fetcher, source.url, headers={"Accept": accept, **source.headers},
-                           cookies={**state.cookies, **source.cookies},
-                           etag=state.etag, last_modified=state.last_modified)
+    response = await fetch(
+        fetcher,
+        source.url,
+        headers={"Accept": accept, **source.headers},
+        cookies={**state.cookies, **source.cookies},
+        etag=state.etag,
+        last_modified=state.last_modified,
+    )
     etag = response.headers.get("etag") or state.etag
     last_modified = response.headers.get("last-modified") or state.last_modified
     if response.status == 304:
         return Collected(items=[], http_status=304, not_modified=True, etag=etag, last_modified=last_modified)
-    return Collected(items=parse(response), http_status=response.status, etag=response.headers.get("etag"),
-                     last_modified=response.headers.get("last-modified"), cookies=response.set_cookies or None)
+    with parsing(response):
+        entries = parse(response)
+    return Collected(
+        items=entries,
+        http_status=response.status,
+        etag=response.headers.get("etag"),
+        last_modified=response.headers.get("last-modified"),
+        cookies=response.set_cookies or None,
+    )

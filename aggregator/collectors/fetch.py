@@ -15,13 +15,14 @@ Errors leave as FetchError with a kind (see aggregator.errors.ERROR_KINDS).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import json
 import re
 import ssl
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from http.cookies import CookieError, SimpleCookie
@@ -39,8 +40,16 @@ MAX_RETRY_AFTER_S = 6 * 3600.0
 _CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
 # Pages that stand where a list should be: anti-bot walls, captchas and logins.
 _BLOCKED_MARKERS = (
-    "sina visitor system", "passport.weibo.com/visitor", "captcha", "验证码", "安全验证",
-    "cf-challenge", "challenge-platform", "just a moment...", "请登录", "访问过于频繁",
+    "sina visitor system",
+    "passport.weibo.com/visitor",
+    "captcha",
+    "验证码",
+    "安全验证",
+    "cf-challenge",
+    "challenge-platform",
+    "just a moment...",
+    "请登录",
+    "访问过于频繁",
 )
 
 
@@ -169,8 +178,13 @@ def _classify(exc: httpx.HTTPError) -> FetchError:
     if isinstance(cause, ssl.SSLError) or "CERTIFICATE_VERIFY_FAILED" in text or "SSL" in text:
         return FetchError(f"TLS error: {text}", kind="tls")
     lowered = text.lower()
-    if "name or service not known" in lowered or "nodename nor servname" in lowered or "getaddrinfo" in lowered \
-            or "temporary failure in name resolution" in lowered or "no address associated" in lowered:
+    if (
+        "name or service not known" in lowered
+        or "nodename nor servname" in lowered
+        or "getaddrinfo" in lowered
+        or "temporary failure in name resolution" in lowered
+        or "no address associated" in lowered
+    ):
         return FetchError(f"DNS lookup failed: {text}", kind="dns")
     if isinstance(exc, httpx.TooManyRedirects):
         return FetchError(text, kind="redirect_loop")
@@ -242,8 +256,11 @@ async def _fetch(
                 if response.status_code in (301, 302, 303, 307, 308):
                     location = response.headers.get("location")
                     if not location:
-                        raise FetchError(f"HTTP {response.status_code} without Location", kind="http_4xx",
-                                         http_status=response.status_code)
+                        raise FetchError(
+                            f"HTTP {response.status_code} without Location",
+                            kind="http_4xx",
+                            http_status=response.status_code,
+                        )
                     url = urljoin(url, location)
                     continue  # the redirect body is never read
                 if response.status_code == 304:
@@ -262,18 +279,23 @@ def _raise_for_status(response: httpx.Response) -> None:
         return
     retry_after = _retry_after_s(response.headers.get("retry-after"), time.time())
     if status == 429 or (status == 503 and retry_after is not None):
-        raise FetchError(f"HTTP {status}: rate limited", kind="rate_limited", http_status=status,
-                         retry_after_s=retry_after)
+        raise FetchError(
+            f"HTTP {status}: rate limited", kind="rate_limited", http_status=status, retry_after_s=retry_after
+        )
     kind = "http_5xx" if status >= 500 else "http_4xx"
-    raise FetchError(f"HTTP {status} {response.reason_phrase}".strip(), kind=kind, http_status=status,
-                     retry_after_s=retry_after)
+    raise FetchError(
+        f"HTTP {status} {response.reason_phrase}".strip(), kind=kind, http_status=status, retry_after_s=retry_after
+    )
 
 
 async def _read_capped(response: httpx.Response, cap: int) -> bytes:
     declared = response.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > cap:
-        raise FetchError(f"body of {int(declared)} bytes is over the {cap}-byte cap", kind="too_large",
-                         http_status=response.status_code)
+        raise FetchError(
+            f"body of {int(declared)} bytes is over the {cap}-byte cap",
+            kind="too_large",
+            http_status=response.status_code,
+        )
     decoder = _Decoder(response.headers.get("content-encoding", ""))
     wire = 0
     parts: list[bytes] = []
@@ -285,8 +307,9 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
         decoded = decoder.feed(chunk, cap - size)
         size += len(decoded)
         if size > cap:
-            raise FetchError(f"decoded body over the {cap}-byte cap", kind="too_large",
-                             http_status=response.status_code)
+            raise FetchError(
+                f"decoded body over the {cap}-byte cap", kind="too_large", http_status=response.status_code
+            )
         parts.append(decoded)
     return b"".join(parts)
 
@@ -312,3 +335,14 @@ def decode_json(response: FetchResponse, what: str) -> Any:
         return json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ParseError(f"{what} body is not valid JSON: {exc}", kind="parse") from exc
+
+
+@contextlib.contextmanager
+def parsing(response: FetchResponse) -> Iterator[None]:
+    """Parse errors raised inside carry the HTTP status of the response they came from."""
+    try:
+        yield
+    except ParseError as exc:
+        if exc.http_status is None:
+            exc.http_status = response.status
+        raise

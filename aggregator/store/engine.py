@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -46,6 +45,7 @@ def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_over
     if url.startswith("sqlite"):
         path = sqlite_path(url)
         if path is not None:
+            precheck_sqlite(path)
             path.parent.mkdir(parents=True, exist_ok=True)
         engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s})
         _sqlite_events(engine, busy_timeout_s)
@@ -119,6 +119,37 @@ def _check_ours(connection: Connection) -> None:
             raise StoreError(f"database belongs to {row[0]!r}, not aggregator; refusing to touch it")
 
 
+def precheck_sqlite(path: Path) -> None:
+    """Check an existing SQLite file read-only, before any pragma can change its header."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open {path}: {exc}") from exc
+    try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        current = None
+        if "alembic_version" in tables:
+            row = db.execute("SELECT version_num FROM alembic_version").fetchone()
+            current = row[0] if row else None
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} is not a SQLite database ({exc}); refusing to touch it") from exc
+    finally:
+        db.close()
+    script = ScriptDirectory.from_config(_alembic_config())
+    if current is not None and not _known(script, current):
+        raise StoreError(
+            f"database is at schema revision {current!r}, which this version of aggregator does not know "
+            "(it was written by a newer version); upgrade aggregator, or use a backup"
+        )
+    if current is None and tables - {"alembic_version"}:
+        raise StoreError(
+            f"database {path} has tables ({', '.join(sorted(tables)[:5])}) but no aggregator schema version: "
+            "it is not an aggregator database; refusing to touch it"
+        )
+
+
 def _known(script: ScriptDirectory, revision: str) -> bool:
     try:
         return script.get_revision(revision) is not None
@@ -155,7 +186,7 @@ async def upgrade(engine: AsyncEngine) -> None:
             await conn.commit()
     except StoreError:
         raise
-    except (OperationalError, DBAPIError, sqlite3.Error, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, OperationalError, DBAPIError, sqlite3.Error, OSError) as exc:
         raise StoreError(f"cannot open the database: {_reason(exc)}") from exc
 
 

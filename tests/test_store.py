@@ -1,0 +1,196 @@
+"""The store on a real SQLite file and on the local PostgreSQL server."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+
+from aggregator.errors import StoreError
+from aggregator.models import RawItem
+from aggregator.normalize import normalize_items
+from aggregator.settings import ScoreSettings, SourceSettings
+from aggregator.store import PollWrite, Store
+from aggregator.store.schema import metadata
+
+T0 = datetime(2026, 12, 1, 8, 0, 0, tzinfo=UTC)
+SOURCES = [
+    SourceSettings(id="weibo", kind="newsnow", name="微博", interval="2m", url="http://x/weibo"),
+    SourceSettings(id="zhihu", kind="newsnow", name="知乎", interval="10m", url="http://x/zhihu"),
+]
+
+
+def poll_write(source_id: str, titles: list[str], at: datetime, heats: list[str | None] | None = None) -> PollWrite:
+    raw = [
+        RawItem(title=t, url=f"https://e.example/{source_id}/{t}", heat_raw=(heats or [None] * len(titles))[i])
+        for i, t in enumerate(titles)
+    ]
+    items, dropped = normalize_items(source_id, raw)
+    return PollWrite(
+        source_id,
+        at - timedelta(seconds=1),
+        at,
+        "ok",
+        200,
+        items,
+        [i.item_id for i in items],
+        [True] * len(items),
+        dropped,
+    )
+
+
+async def open_store(url: str) -> Store:
+    store = await Store.open(url)
+    await store.sync_sources(SOURCES, T0)
+    return store
+
+
+async def test_migrations_match_models(store_url: str) -> None:
+    store = await Store.open(store_url)
+    try:
+        async with store.engine.connect() as conn:
+
+            def diff(sync_conn: sa.Connection) -> list[object]:
+                ctx = MigrationContext.configure(sync_conn, opts={"compare_type": True})
+                return list(compare_metadata(ctx, metadata))
+
+            assert await conn.run_sync(diff) == []
+            views = await conn.run_sync(lambda c: set(sa.inspect(c).get_view_names()))
+            assert {"ranked_items", "latest_lists"} <= views
+    finally:
+        await store.close()
+
+
+async def test_second_poll_adds_observations_not_items(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        first, new1 = await store.record_poll(poll_write("weibo", ["甲", "乙", "丙"], T0))
+        w2 = poll_write("weibo", ["丙", "甲", "乙"], T0 + timedelta(minutes=2))
+        second, new2 = await store.record_poll(_replace(w2, unknown=[False, False, False]))
+        assert (new1, new2) == (3, 0)
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(sa.text("SELECT count(*) FROM items"))).scalar_one() == 3
+            assert (await conn.execute(sa.text("SELECT count(*) FROM observations"))).scalar_one() == 6
+            assert (await conn.execute(sa.text("SELECT count(*) FROM stories"))).scalar_one() == 3
+            rows = (
+                await conn.execute(
+                    sa.text("SELECT rank, title, poll_id FROM latest_lists WHERE source_id = 'weibo' ORDER BY rank")
+                )
+            ).all()
+            assert [(r.rank, r.title) for r in rows] == [(1, "丙"), (2, "甲"), (3, "乙")]
+            assert {r.poll_id for r in rows} == {second}
+            best = (await conn.execute(sa.text("SELECT title, best_rank, last_rank FROM items ORDER BY title"))).all()
+            assert {(r.title, r.best_rank, r.last_rank) for r in best} == {("丙", 1, 1), ("甲", 1, 2), ("乙", 2, 3)}
+            src = (
+                await conn.execute(
+                    sa.text("SELECT last_ok_poll_id, consecutive_failures FROM sources WHERE id = 'weibo'")
+                )
+            ).one()
+            assert src.last_ok_poll_id == second and src.consecutive_failures == 0
+        assert first < second
+    finally:
+        await store.close()
+
+
+def _replace(w: PollWrite, **changes: object) -> PollWrite:
+    import dataclasses
+
+    return dataclasses.replace(w, **changes)  # type: ignore[arg-type]
+
+
+async def test_failed_poll_keeps_the_previous_list(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        good, _ = await store.record_poll(poll_write("zhihu", ["问一", "问二"], T0))
+        bad = PollWrite(
+            "zhihu",
+            T0 + timedelta(minutes=10),
+            T0 + timedelta(minutes=10),
+            "error",
+            500,
+            (),
+            (),
+            (),
+            0,
+            "http_5xx",
+            "HTTP 500 Internal Server Error",
+        )
+        await store.record_poll(bad)
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT poll_id FROM latest_lists WHERE source_id='zhihu'"))).all()
+            assert {r.poll_id for r in rows} == {good}
+            src = (
+                await conn.execute(
+                    sa.text("SELECT consecutive_failures, last_error_kind, last_error FROM sources WHERE id='zhihu'")
+                )
+            ).one()
+            assert tuple(src) == (1, "http_5xx", "HTTP 500 Internal Server Error")
+    finally:
+        await store.close()
+
+
+async def test_ranked_items_ordered_with_top_100(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        await store.record_poll(poll_write("weibo", ["一", "二", "三", "四"], T0))
+        await store.record_poll(poll_write("zhihu", ["五", "六"], T0, heats=["900万", "10万"]))
+        assert await store.rescore(T0 + timedelta(seconds=30), ScoreSettings()) == 6
+        rows = await store.top(10)
+        scores = [r["score"] for r in rows]
+        assert scores[0] == 100.0
+        assert scores == sorted(scores, reverse=True)
+        assert [r["position"] for r in rows] == list(range(1, len(rows) + 1))
+        assert all(0 < s <= 100 for s in scores)
+        by_title = {r["title"]: r for r in rows}
+        assert by_title["一"]["score"] > by_title["四"]["score"]
+        assert by_title["一"]["source"] == "NewsNow 微博" and by_title["一"]["sources"] == "NewsNow 微博"
+        assert by_title["一"]["source_count"] == 1
+        only_zhihu = await store.top(10, "zhihu")
+        assert {r["title"] for r in only_zhihu} == {"五", "六"}
+    finally:
+        await store.close()
+
+
+async def test_sqlite_times_are_datetime_text(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
+    store = await open_store(url)
+    try:
+        await store.record_poll(poll_write("weibo", ["一"], T0))
+    finally:
+        await store.close()
+    db = sqlite3.connect(tmp_path / "a.db")
+    row = db.execute(
+        "SELECT collected_at, datetime(collected_at), collected_at > datetime('2026-12-01 07:59:59') FROM observations"
+    ).fetchone()
+    assert row == ("2026-12-01 08:00:00", "2026-12-01 08:00:00", 1)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_refuses_a_database_that_is_not_ours(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    db.commit()
+    db.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match="not an aggregator database"):
+        await Store.open(f"sqlite+aiosqlite:///{path}")
+    assert path.read_bytes() == before
+
+
+async def test_refuses_a_newer_database(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
+    store = await Store.open(url)
+    await store.close()
+    db = sqlite3.connect(tmp_path / "a.db")
+    db.execute("UPDATE alembic_version SET version_num = '9999'")
+    db.commit()
+    db.close()
+    with pytest.raises(StoreError, match="newer version"):
+        await Store.open(url)
