@@ -21,7 +21,6 @@ from datetime import UTC, datetime, timedelta
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from aggregator.backoff import retry_delay_s
 from aggregator.collectors import COLLECTORS
 from aggregator.collectors.fetch import make_fetcher
 from aggregator.errors import ConfigError
@@ -73,8 +72,9 @@ async def open_context(settings: Settings, store: Store) -> PollContext:
         stories=assigner,
         instance=instance_id(settings),
     )
-    for source_id, (state, _last, _failures) in (await store.source_states()).items():
+    for source_id, (state, _last, failures) in (await store.source_states()).items():
         ctx.states[source_id] = state
+        ctx.failures[source_id] = failures
     return ctx
 
 
@@ -121,7 +121,7 @@ class Daemon:
         self.settings = settings
         self.stop_event = asyncio.Event()
         self.inflight: set[asyncio.Task[object]] = set()
-        self.failures: dict[str, int] = {}
+        self._backed_off: dict[str, bool] = {}
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.ctx: PollContext | None = None
 
@@ -134,39 +134,25 @@ class Daemon:
         assert task is not None
         self.inflight.add(task)
         try:
-            deadline = source.interval_s * self.settings.daemon.poll_deadline_fraction
-            planned = utc_now() + timedelta(seconds=source.interval_s)
+            # A poll never outlives its interval: a hung one would block its source forever.
+            deadline = max(source.interval_s * self.settings.daemon.poll_deadline_fraction, 1.0)
             try:
-                async with asyncio.timeout(max(deadline, 1.0)):
-                    result = await poll_source(self.ctx, source, next_attempt_at=planned)
+                async with asyncio.timeout(deadline):
+                    result = await poll_source(self.ctx, source)
             except TimeoutError:
                 log.warning("poll %s: did not finish within its deadline of %.0fs; abandoned", source.id, deadline)
-                self._after(source, failed=True, retry_after_s=None)
                 return
-            self._after(source, failed=result.status == "error", retry_after_s=result.retry_after_s)
+            job = self.scheduler.get_job(source.id)
+            if job is None:
+                return
+            if result.status == "error" and result.next_attempt_at is not None:
+                job.modify(next_run_time=result.next_attempt_at)
+            elif self._backed_off.pop(source.id, False):
+                job.modify(next_run_time=utc_now() + timedelta(seconds=source.interval_s))
+            if result.status == "error":
+                self._backed_off[source.id] = True
         finally:
             self.inflight.discard(task)
-
-    def _after(self, source: SourceSettings, *, failed: bool, retry_after_s: float | None) -> None:
-        failures = self.failures.get(source.id, 0) + 1 if failed else 0
-        previous = self.failures.get(source.id, 0)
-        self.failures[source.id] = failures
-        job = self.scheduler.get_job(source.id)
-        if job is None:
-            return
-        if failures:
-            delay = retry_delay_s(source.interval_s, failures, retry_after_s)
-            when = utc_now() + timedelta(seconds=delay)
-            job.modify(next_run_time=when)
-            log.warning(
-                "source %s: %d consecutive failure(s); next attempt at %s",
-                source.id,
-                failures,
-                when.strftime("%H:%M:%SZ"),
-            )
-        elif previous:
-            log.info("source %s recovered after %d failure(s)", source.id, previous)
-            job.modify(next_run_time=utc_now() + timedelta(seconds=source.interval_s))
 
     async def _rescore_job(self) -> None:
         assert self.ctx is not None
@@ -233,7 +219,6 @@ class Daemon:
                 self.ctx = await open_context(settings, store)
                 states = await store.source_states()
                 last_polls = {sid: st[1] for sid, st in states.items()}
-                self.failures = {sid: st[2] for sid, st in states.items()}
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._on_signal, sig)

@@ -78,6 +78,8 @@ class PollResult:
     error_kind: str | None = None
     error: str | None = None
     retry_after_s: float | None = None
+    consecutive_failures: int = 0
+    next_attempt_at: datetime | None = None
 
     @property
     def duration_s(self) -> float:

@@ -1,8 +1,8 @@
 """One poll of one source, end to end: collect, normalize, attach to stories, store.
 
 This is the only orchestrator of a poll; the daemon schedules it and `run --once`
-calls it directly. It decides nothing itself beyond wiring: the collectors fetch and
-parse, `normalize` builds identities, the story assigner clusters, the store writes.
+calls it directly. The collectors fetch and parse, `normalize` builds identities, the
+story assigner clusters, `backoff` times the retry, the store writes.
 """
 
 from __future__ import annotations
@@ -13,47 +13,58 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+from aggregator.backoff import retry_delay_s
 from aggregator.collectors import Collector
 from aggregator.collectors.fetch import Fetcher
 from aggregator.errors import CollectError, StoreError
-from aggregator.models import Item, PollResult, SourceState
+from aggregator.models import Collected, Item, PollResult, SourceState
 from aggregator.normalize import normalize_items
 from aggregator.settings import Settings, SourceSettings
-from aggregator.store import ActiveItem, PollWrite, Store
+from aggregator.store import ActiveItem, PollWrite, PollWritten, SourceUpdate, Store
 
 log = logging.getLogger("aggregator.poll")
 
 Clock = Callable[[], datetime]
 
 
+def _signature(title: str, url: str | None, summary: str | None) -> int:
+    return hash((title, url, summary))
+
+
 @dataclass
 class StoryAssigner:
     """Which story each item belongs to: known items keep theirs; a new item starts one.
 
-    `known` holds the items seen within the dedupe window, so the poll path never has
-    to read the database to tell a new item from an old one.
+    `known` holds the items seen within the dedupe window (item id → story id and a
+    signature of what the store has), so a poll of a list it knows writes no item rows.
     """
 
     window_s: float
-    known: dict[int, int] = field(default_factory=dict)
+    known: dict[int, tuple[int, int]] = field(default_factory=dict)
     seen_at: dict[int, datetime] = field(default_factory=dict)
 
     def load(self, active: Sequence[ActiveItem]) -> None:
         for a in active:
-            self.known[a.item_id] = a.story_id
+            self.known[a.item_id] = (a.story_id, _signature(a.title, a.url, a.summary))
             self.seen_at[a.item_id] = a.last_seen_at
 
-    def assign(self, items: Sequence[Item], now: datetime) -> tuple[list[int], list[bool]]:
-        story_ids, unknown = [], []
+    def assign(self, items: Sequence[Item]) -> tuple[list[int], list[bool]]:
+        """(proposed story per item, whether the item must be written)."""
+        story_ids, write = [], []
         for it in items:
-            story = self.known.get(it.item_id)
-            unknown.append(story is None)
-            story_ids.append(it.item_id if story is None else story)
-        return story_ids, unknown
+            entry = self.known.get(it.item_id)
+            if entry is None:
+                story_ids.append(it.item_id)
+                write.append(True)
+            else:
+                story_ids.append(entry[0])
+                write.append(entry[1] != _signature(it.title, it.url, it.summary))
+        return story_ids, write
 
-    def commit(self, items: Sequence[Item], story_ids: Sequence[int], now: datetime) -> None:
-        for it, sid in zip(items, story_ids, strict=True):
-            self.known[it.item_id] = sid
+    def commit(self, items: Sequence[Item], story_ids: Sequence[int], written: PollWritten, now: datetime) -> None:
+        for it, proposed in zip(items, story_ids, strict=True):
+            story = written.stories.get(it.item_id, proposed)
+            self.known[it.item_id] = (story, _signature(it.title, it.url, it.summary))
             self.seen_at[it.item_id] = now
 
     def expire(self, now: datetime) -> int:
@@ -74,11 +85,12 @@ class PollContext:
     clock: Clock
     stories: StoryAssigner
     states: dict[str, SourceState] = field(default_factory=dict)
+    failures: dict[str, int] = field(default_factory=dict)
     instance: str = ""
-    writes: set[asyncio.Task[tuple[int, int]]] = field(default_factory=set)
+    writes: set[asyncio.Task[PollWritten]] = field(default_factory=set)
 
 
-async def _write(ctx: PollContext, w: PollWrite) -> tuple[int, int]:
+async def _write(ctx: PollContext, w: PollWrite) -> PollWritten:
     # The write is shielded: a shutdown that cancels the poll waits for it to commit or
     # roll back instead of leaving a transaction half-way through the driver.
     task = asyncio.ensure_future(ctx.store.record_poll(w))
@@ -87,33 +99,81 @@ async def _write(ctx: PollContext, w: PollWrite) -> tuple[int, int]:
     return await asyncio.shield(task)
 
 
-async def _write_error(ctx: PollContext, w: PollWrite) -> int | None:
-    try:
-        poll_id, _ = await _write(ctx, w)
-        return poll_id
-    except StoreError as exc:
-        log.warning("poll %s: the failed poll could not be recorded either: %s", w.source_id, exc)
+def _state_update(state: SourceState, collected: Collected, recovered: bool) -> SourceUpdate | None:
+    conditional = (collected.etag, collected.last_modified)
+    changed = conditional != (state.etag, state.last_modified)
+    cookies = {**state.cookies, **collected.cookies} if collected.cookies else None
+    if cookies == state.cookies:
+        cookies = None
+    if not (changed or cookies or recovered):
         return None
-
-
-def _error_result(
-    source: SourceSettings,
-    started: datetime,
-    finished: datetime,
-    kind: str,
-    message: str,
-    http_status: int | None,
-    retry_after_s: float | None = None,
-    poll_id: int | None = None,
-) -> PollResult:
-    return PollResult(
-        source.id, poll_id, "error", started, finished, http_status, 0, 0, 0, kind, message, retry_after_s
+    return SourceUpdate(
+        consecutive_failures=0 if recovered else None, conditional=conditional if changed else None, cookies=cookies
     )
 
 
-async def poll_source(
-    ctx: PollContext, source: SourceSettings, *, next_attempt_at: datetime | None = None
+async def _fail(
+    ctx: PollContext,
+    source: SourceSettings,
+    started: datetime,
+    kind: str,
+    message: str,
+    http_status: int | None,
+    retry_after_s: float | None,
+    dropped: int = 0,
 ) -> PollResult:
+    finished = ctx.clock()
+    failures = ctx.failures.get(source.id, 0) + 1
+    delay = retry_delay_s(source.interval_s, failures, retry_after_s)
+    next_at = finished + timedelta(seconds=delay)
+    update = SourceUpdate(
+        consecutive_failures=failures, error_kind=kind, error=message, failed_at=finished, next_attempt_at=next_at
+    )
+    w = PollWrite(
+        source.id,
+        started,
+        finished,
+        "error",
+        http_status,
+        dropped_count=dropped,
+        error_kind=kind,
+        error=message,
+        source_update=update,
+        instance=ctx.instance,
+    )
+    poll_id = None
+    try:
+        poll_id = (await _write(ctx, w)).poll_id
+    except StoreError as exc:
+        log.warning("poll %s: the failed poll could not be recorded either: %s", source.id, exc)
+    ctx.failures[source.id] = failures
+    log.warning(
+        "poll %s failed (%d in a row, next try %s): %s: %s",
+        source.id,
+        failures,
+        next_at.strftime("%H:%M:%SZ"),
+        kind,
+        message,
+    )
+    return PollResult(
+        source.id,
+        poll_id,
+        "error",
+        started,
+        finished,
+        http_status,
+        0,
+        0,
+        dropped,
+        kind,
+        message,
+        retry_after_s,
+        failures,
+        next_at,
+    )
+
+
+async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
     """Poll one source once and record the outcome; never raises for the source's faults."""
     state = ctx.states.setdefault(source.id, SourceState())
     collect = ctx.collectors[source.kind]
@@ -121,135 +181,82 @@ async def poll_source(
     try:
         collected = await collect(ctx.fetcher, source, state)
     except CollectError as exc:
-        finished = ctx.clock()
-        message = str(exc)
-        w = PollWrite(
-            source.id,
-            started,
-            finished,
-            "error",
-            exc.http_status,
-            (),
-            (),
-            (),
-            0,
-            exc.kind,
-            message,
-            next_attempt_at=next_attempt_at,
-            instance=ctx.instance,
-        )
-        poll_id = await _write_error(ctx, w)
-        log.warning("poll %s failed: %s: %s", source.id, exc.kind, message)
-        return _error_result(source, started, finished, exc.kind, message, exc.http_status, exc.retry_after_s, poll_id)
+        return await _fail(ctx, source, started, exc.kind, str(exc), exc.http_status, exc.retry_after_s)
     except Exception as exc:  # a bug in one collector must not stop the others
-        finished = ctx.clock()
         log.exception("poll %s: collector bug", source.id)
-        message = f"internal error: {type(exc).__name__}: {exc}"
-        w = PollWrite(
-            source.id,
-            started,
-            finished,
-            "error",
-            None,
-            (),
-            (),
-            (),
-            0,
-            "internal",
-            message[:500],
-            next_attempt_at=next_attempt_at,
-            instance=ctx.instance,
+        return await _fail(
+            ctx, source, started, "internal", f"internal error: {type(exc).__name__}: {exc}"[:500], None, None
         )
-        poll_id = await _write_error(ctx, w)
-        return _error_result(source, started, finished, "internal", message, None, None, poll_id)
 
+    recovered = ctx.failures.get(source.id, 0) > 0
+    items: list[Item] = []
+    dropped = collected.dropped_count
+    story_ids: list[int] = []
+    write: list[bool] = []
+    if not collected.not_modified:
+        items, bad = normalize_items(source.id, collected.items)
+        dropped += bad
+        if collected.items and not items:
+            return await _fail(
+                ctx,
+                source,
+                started,
+                "schema",
+                f"none of the {len(collected.items)} entries has a usable title",
+                collected.http_status,
+                None,
+                dropped,
+            )
+        story_ids, write = ctx.stories.assign(items)
     finished = ctx.clock()
-    if collected.not_modified:
-        w = PollWrite(
-            source.id,
-            started,
-            finished,
-            "not_modified",
-            collected.http_status,
-            (),
-            (),
-            (),
-            0,
-            etag=collected.etag,
-            last_modified=collected.last_modified,
-            cookies=_cookies(state, collected.cookies),
-            next_attempt_at=next_attempt_at,
-            instance=ctx.instance,
-        )
-        poll_id = await _write_error(ctx, w)
-        log.info("poll %s not modified (%.2fs)", source.id, (finished - started).total_seconds())
-        return PollResult(source.id, poll_id, "not_modified", started, finished, collected.http_status, 0, 0, 0)
-
-    items, dropped = normalize_items(source.id, collected.items)
-    dropped += collected.dropped_count
-    if collected.items and not items:
-        message = f"none of the {len(collected.items)} entries has a usable title"
-        w = PollWrite(
-            source.id,
-            started,
-            finished,
-            "error",
-            collected.http_status,
-            (),
-            (),
-            (),
-            dropped,
-            "schema",
-            message,
-            next_attempt_at=next_attempt_at,
-            instance=ctx.instance,
-        )
-        poll_id = await _write_error(ctx, w)
-        log.warning("poll %s failed: schema: %s", source.id, message)
-        return _error_result(source, started, finished, "schema", message, collected.http_status, None, poll_id)
-
-    story_ids, unknown = ctx.stories.assign(items, finished)
+    status = "not_modified" if collected.not_modified else "ok"
     w = PollWrite(
         source.id,
         started,
         finished,
-        "ok",
+        status,
         collected.http_status,
         items,
         story_ids,
-        unknown,
+        write,
         dropped,
-        etag=collected.etag,
-        last_modified=collected.last_modified,
-        cookies=_cookies(state, collected.cookies),
-        next_attempt_at=next_attempt_at,
+        source_update=_state_update(state, collected, recovered),
         instance=ctx.instance,
     )
     try:
-        poll_id, new_count = await _write(ctx, w)
+        written = await _write(ctx, w)
     except StoreError as exc:
         log.warning("poll %s: %s", source.id, exc)
-        return _error_result(source, started, finished, "store", str(exc), collected.http_status)
-    ctx.stories.commit(items, story_ids, finished)
+        return PollResult(
+            source.id, None, "error", started, finished, collected.http_status, 0, 0, dropped, "store", str(exc)
+        )
+    ctx.stories.commit(items, story_ids, written, finished)
     state.etag, state.last_modified = collected.etag, collected.last_modified
     if collected.cookies:
         state.cookies.update(collected.cookies)
-    log.info(
-        "poll %s ok: %d items (%d new, %d dropped) in %.2fs",
-        source.id,
-        len(items),
-        new_count,
-        dropped,
-        (finished - started).total_seconds(),
-    )
+    if recovered:
+        log.info("source %s recovered after %d failure(s)", source.id, ctx.failures[source.id])
+    ctx.failures[source.id] = 0
+    seconds = (finished - started).total_seconds()
+    if collected.not_modified:
+        log.info("poll %s not modified (%.2fs)", source.id, seconds)
+    else:
+        log.info(
+            "poll %s ok: %d items (%d new, %d dropped) in %.2fs",
+            source.id,
+            len(items),
+            written.new_count,
+            dropped,
+            seconds,
+        )
     return PollResult(
-        source.id, poll_id, "ok", started, finished, collected.http_status, len(items), new_count, dropped
+        source.id,
+        written.poll_id,
+        status,
+        started,
+        finished,
+        collected.http_status,
+        len(items),
+        written.new_count,
+        dropped,
     )
-
-
-def _cookies(state: SourceState, fresh: dict[str, str] | None) -> dict[str, str] | None:
-    """The cookie jar to persist when the platform set new cookies, else None (unchanged)."""
-    if not fresh:
-        return None
-    merged = {**state.cookies, **fresh}
-    return merged if merged != state.cookies else None

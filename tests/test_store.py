@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from aggregator.errors import StoreError
 from aggregator.models import RawItem
 from aggregator.normalize import normalize_items
 from aggregator.settings import ScoreSettings, SourceSettings
-from aggregator.store import PollWrite, Store
+from aggregator.store import PollWrite, SourceUpdate, Store
 from aggregator.store.schema import metadata
 
 T0 = datetime(2026, 12, 1, 8, 0, 0, tzinfo=UTC)
@@ -69,10 +70,13 @@ async def test_migrations_match_models(store_url: str) -> None:
 async def test_second_poll_adds_observations_not_items(store_url: str) -> None:
     store = await open_store(store_url)
     try:
-        first, new1 = await store.record_poll(poll_write("weibo", ["甲", "乙", "丙"], T0))
+        one = await store.record_poll(poll_write("weibo", ["甲", "乙", "丙"], T0))
+        # The pipeline knows these items now; even one it did not know is recognised as old.
         w2 = poll_write("weibo", ["丙", "甲", "乙"], T0 + timedelta(minutes=2))
-        second, new2 = await store.record_poll(_replace(w2, unknown=[False, False, False]))
-        assert (new1, new2) == (3, 0)
+        two = await store.record_poll(dataclasses.replace(w2, upsert=[True, False, False]))
+        first, second = one.poll_id, two.poll_id
+        assert (one.new_count, two.new_count) == (3, 0)
+        await store.rescore(T0 + timedelta(minutes=3), ScoreSettings())
         async with store.engine.connect() as conn:
             assert (await conn.execute(sa.text("SELECT count(*) FROM items"))).scalar_one() == 3
             assert (await conn.execute(sa.text("SELECT count(*) FROM observations"))).scalar_one() == 6
@@ -87,38 +91,30 @@ async def test_second_poll_adds_observations_not_items(store_url: str) -> None:
             best = (await conn.execute(sa.text("SELECT title, best_rank, last_rank FROM items ORDER BY title"))).all()
             assert {(r.title, r.best_rank, r.last_rank) for r in best} == {("丙", 1, 1), ("甲", 1, 2), ("乙", 2, 3)}
             src = (
-                await conn.execute(
-                    sa.text("SELECT last_ok_poll_id, consecutive_failures FROM sources WHERE id = 'weibo'")
-                )
+                await conn.execute(sa.text("SELECT consecutive_failures, last_error FROM sources WHERE id = 'weibo'"))
             ).one()
-            assert src.last_ok_poll_id == second and src.consecutive_failures == 0
+            assert src.consecutive_failures == 0 and src.last_error is None
         assert first < second
     finally:
         await store.close()
 
 
-def _replace(w: PollWrite, **changes: object) -> PollWrite:
-    import dataclasses
-
-    return dataclasses.replace(w, **changes)  # type: ignore[arg-type]
-
-
 async def test_failed_poll_keeps_the_previous_list(store_url: str) -> None:
     store = await open_store(store_url)
     try:
-        good, _ = await store.record_poll(poll_write("zhihu", ["问一", "问二"], T0))
+        good = (await store.record_poll(poll_write("zhihu", ["问一", "问二"], T0))).poll_id
+        at = T0 + timedelta(minutes=10)
         bad = PollWrite(
             "zhihu",
-            T0 + timedelta(minutes=10),
-            T0 + timedelta(minutes=10),
+            at,
+            at,
             "error",
             500,
-            (),
-            (),
-            (),
-            0,
-            "http_5xx",
-            "HTTP 500 Internal Server Error",
+            error_kind="http_5xx",
+            error="HTTP 500 Internal Server Error",
+            source_update=SourceUpdate(
+                consecutive_failures=1, error_kind="http_5xx", error="HTTP 500 Internal Server Error", failed_at=at
+            ),
         )
         await store.record_poll(bad)
         async with store.engine.connect() as conn:

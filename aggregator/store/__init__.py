@@ -7,8 +7,10 @@ with BEGIN IMMEDIATE. Database errors leave as StoreError at this boundary.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +24,7 @@ from aggregator.models import Item, PollResult, SourceState
 from aggregator.score import ListEntry, StoryHeat, listed_heats, score_all, unlisted_heat
 from aggregator.settings import ScoreSettings, SourceSettings, display_name
 from aggregator.store import engine as engine_mod
-from aggregator.store.schema import items, observations, polls, sources, stories, story_scores
+from aggregator.store.schema import UtcDateTime, items, observations, polls, sources, stories, story_scores
 
 # A source whose last good list is older than this no longer counts as "on the list":
 # a source failing for a day should not keep its stale list at the top.
@@ -32,10 +34,16 @@ SCORE_FLOOR = 0.05
 
 
 @dataclass(frozen=True, slots=True)
-class NewStory:
-    story_id: int
-    item_id: int
-    title: str
+class SourceUpdate:
+    """Changes to a source's row; written only when something changed (not every poll)."""
+
+    consecutive_failures: int | None = None
+    error_kind: str | None = None
+    error: str | None = None
+    failed_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    conditional: tuple[str | None, str | None] | None = None  # (etag, last_modified) when changed
+    cookies: dict[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,17 +55,22 @@ class PollWrite:
     finished_at: datetime
     status: str
     http_status: int | None
-    items: Sequence[Item]
-    story_ids: Sequence[int]  # story of each item (its own id when it starts one)
-    unknown: Sequence[bool]  # items the pipeline has not seen before (may be new to the store)
-    dropped_count: int
+    items: Sequence[Item] = ()
+    story_ids: Sequence[int] = ()  # proposed story of each item (its own id when it starts one)
+    upsert: Sequence[bool] = ()  # items to write to `items`: unknown to the pipeline, or changed
+    dropped_count: int = 0
     error_kind: str | None = None
     error: str | None = None
-    etag: str | None = None
-    last_modified: str | None = None
-    cookies: dict[str, str] | None = None
-    next_attempt_at: datetime | None = None
+    source_update: SourceUpdate | None = None
     instance: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PollWritten:
+    poll_id: int
+    new_count: int
+    # The story each upserted item really belongs to (an item the store had already keeps its own).
+    stories: dict[int, int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,8 @@ class ActiveItem:
     story_id: int
     source_id: str
     title: str
+    url: str | None
+    summary: str | None
     canonical_url: str | None
     last_seen_at: datetime
 
@@ -84,6 +99,18 @@ class Store:
         self.is_sqlite = engine.dialect.name == "sqlite"
         # Writers on SQLite take the lock at BEGIN (see engine._on_begin).
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else engine
+        # SQLite has one writer at a time anyway: queueing writers here, not in SQLite's busy
+        # handler (which sleeps and retries), keeps one connection busy instead of many.
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+
+    @contextlib.asynccontextmanager
+    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+        if self._write_lock is None:
+            async with self._writer.begin() as conn:
+                yield conn
+            return
+        async with self._write_lock, self._writer.begin() as conn:
+            yield conn
 
     @classmethod
     async def open(
@@ -110,7 +137,7 @@ class Store:
     async def sync_sources(self, configured: Sequence[SourceSettings], now: datetime) -> None:
         """Make the sources table match the settings (rows are never deleted: polls refer to them)."""
         try:
-            async with self._writer.begin() as conn:
+            async with self._begin() as conn:
                 existing = {r[0] for r in await conn.execute(sa.select(sources.c.id))}
                 for s in configured:
                     values = dict(
@@ -137,6 +164,7 @@ class Store:
 
     async def source_states(self) -> dict[str, tuple[SourceState, datetime | None, int]]:
         """Per source: (conditional-GET and cookie state, last poll time, consecutive failures)."""
+        last_poll = _last_poll_at(sources)
         async with self.engine.connect() as conn:
             rows = await conn.execute(
                 sa.select(
@@ -144,69 +172,44 @@ class Store:
                     sources.c.etag,
                     sources.c.last_modified,
                     sources.c.cookies,
-                    sources.c.last_poll_at,
+                    last_poll.label("last_poll_at"),
                     sources.c.consecutive_failures,
                 )
             )
             out = {}
             for r in rows:
                 cookies = json.loads(r.cookies) if r.cookies else {}
-                out[r.id] = (SourceState(r.etag, r.last_modified, cookies), r.last_poll_at, r.consecutive_failures)
+                last = UtcDateTime().process_result_value(r.last_poll_at, self.engine.dialect)
+                out[r.id] = (SourceState(r.etag, r.last_modified, cookies), last, r.consecutive_failures)
             return out
 
     # -- polls ---------------------------------------------------------------------------
 
-    async def record_poll(self, w: PollWrite) -> tuple[int, int]:
-        """Write one poll in one transaction; returns (poll id, count of items new to the store)."""
+    async def record_poll(self, w: PollWrite) -> PollWritten:
+        """Write one poll in one transaction.
+
+        A poll of a list the pipeline already knows is two statements: the poll row and
+        its observations. Items are written only when new or changed (then with RETURNING,
+        to learn which were new), stories only for new items, the source row only when its
+        state changed. Items' last_seen_at / last_rank / best_rank are refreshed by
+        `rescore` from the observations.
+        """
         try:
-            async with self._writer.begin() as conn:
+            async with self._begin() as conn:
                 return await self._record(conn, w)
         except IntegrityError:
             raise  # a bug: the pipeline gave inconsistent rows
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _store_error(exc, f"cannot record poll of {w.source_id}") from exc
 
-    async def _record(self, conn: AsyncConnection, w: PollWrite) -> tuple[int, int]:
-        duration_ms = int((w.finished_at - w.started_at).total_seconds() * 1000)
-        rows = list(zip(w.story_ids, w.items, w.unknown, strict=True))
-        new_stories = [(sid, it) for sid, it, unknown in rows if unknown and sid == it.item_id]
-        joined = {sid for sid, it, unknown in rows if unknown and sid != it.item_id}
+    async def _record(self, conn: AsyncConnection, w: PollWrite) -> PollWritten:
         at = w.finished_at
-        existing: set[int] = set()
-        unknown_ids = [it.item_id for _sid, it, unknown in rows if unknown]
-        if unknown_ids:
-            # The pipeline's memory covers the dedupe window; an item older than that
-            # may still be in the store, and must not start a second story.
-            existing = set((await conn.execute(sa.select(items.c.id).where(items.c.id.in_(unknown_ids)))).scalars())
-        new_count = len(unknown_ids) - len(existing)
-        poll_id: int = (
-            await conn.execute(
-                polls.insert().returning(polls.c.id),
-                dict(
-                    source_id=w.source_id,
-                    started_at=w.started_at,
-                    finished_at=w.finished_at,
-                    duration_ms=duration_ms,
-                    status=w.status,
-                    http_status=w.http_status,
-                    item_count=len(w.items),
-                    new_count=new_count,
-                    dropped_count=w.dropped_count,
-                    error_kind=w.error_kind,
-                    error=w.error,
-                    instance=w.instance,
-                ),
-            )
-        ).scalar_one()
-        if w.items:
-            if new_stories:
-                fresh = [
-                    dict(id=sid, title=it.title, item_id=it.item_id, first_seen_at=at, last_seen_at=at, source_count=1)
-                    for sid, it in new_stories
-                    if it.item_id not in existing
-                ]
-                if fresh:
-                    await conn.execute(stories.insert(), fresh)
+        duration_ms = int((w.finished_at - w.started_at).total_seconds() * 1000)
+        real_story: dict[int, int] = {}
+        new_ids: set[int] = set()
+        proposed = dict(zip((it.item_id for it in w.items), w.story_ids, strict=True))
+        batch = [it for it, write in zip(w.items, w.upsert, strict=True) if write]
+        if batch:
             ins = _upsert(conn, items)
             stmt = ins.on_conflict_do_update(
                 index_elements=[items.c.key],
@@ -214,15 +217,15 @@ class Store:
                     title=ins.excluded.title,
                     url=ins.excluded.url,
                     canonical_url=ins.excluded.canonical_url,
+                    summary=sa.func.coalesce(ins.excluded.summary, items.c.summary),
                     last_seen_at=ins.excluded.last_seen_at,
                     last_rank=ins.excluded.last_rank,
-                    summary=sa.func.coalesce(ins.excluded.summary, items.c.summary),
                     best_rank=sa.case(
                         (ins.excluded.best_rank < items.c.best_rank, ins.excluded.best_rank), else_=items.c.best_rank
                     ),
                 ),
-            )
-            await conn.execute(
+            ).returning(items.c.id, items.c.story_id, items.c.first_seen_at)
+            rows = await conn.execute(
                 stmt,
                 [
                     dict(
@@ -235,15 +238,69 @@ class Store:
                         canonical_url=it.canonical_url,
                         summary=it.summary,
                         published_at=it.published_at,
-                        story_id=sid,
+                        story_id=proposed[it.item_id],
                         first_seen_at=at,
                         last_seen_at=at,
                         best_rank=it.rank,
                         last_rank=it.rank,
                     )
-                    for sid, it in zip(w.story_ids, w.items, strict=True)
+                    for it in batch
                 ],
             )
+            second = at.replace(microsecond=0)
+            for row in rows:
+                real_story[row.id] = row.story_id
+                if row.first_seen_at.replace(microsecond=0) == second:
+                    new_ids.add(row.id)
+        poll_id: int = (
+            await conn.execute(
+                polls.insert().returning(polls.c.id),
+                dict(
+                    source_id=w.source_id,
+                    started_at=w.started_at,
+                    finished_at=w.finished_at,
+                    duration_ms=duration_ms,
+                    status=w.status,
+                    http_status=w.http_status,
+                    item_count=len(w.items),
+                    new_count=len(new_ids),
+                    dropped_count=w.dropped_count,
+                    error_kind=w.error_kind,
+                    error=w.error,
+                    instance=w.instance,
+                ),
+            )
+        ).scalar_one()
+        if new_ids:
+            founders = [it for it in batch if it.item_id in new_ids and proposed[it.item_id] == it.item_id]
+            if founders:
+                await conn.execute(
+                    stories.insert(),
+                    [
+                        dict(
+                            id=it.item_id,
+                            title=it.title,
+                            item_id=it.item_id,
+                            first_seen_at=at,
+                            last_seen_at=at,
+                            source_count=1,
+                        )
+                        for it in founders
+                    ],
+                )
+            joined = {proposed[i] for i in new_ids if proposed[i] != i}
+            if joined:
+                # New items joined existing stories: source_count stays true in the same transaction.
+                i2 = items.alias("i2")
+                count = (
+                    sa.select(sa.func.count(sa.distinct(i2.c.source_id)))
+                    .where(i2.c.story_id == stories.c.id)
+                    .scalar_subquery()
+                )
+                await conn.execute(
+                    stories.update().where(stories.c.id.in_(joined)).values(source_count=count, last_seen_at=at)
+                )
+        if w.items:
             await conn.execute(
                 observations.insert(),
                 [
@@ -260,42 +317,25 @@ class Store:
                     for it in w.items
                 ],
             )
-            if joined:
-                # Items joined existing stories: keep source_count true in the same transaction.
-                i2 = items.alias("i2")
-                count = (
-                    sa.select(sa.func.count(sa.distinct(i2.c.source_id)))
-                    .where(i2.c.story_id == stories.c.id)
-                    .scalar_subquery()
-                )
-                await conn.execute(
-                    stories.update().where(stories.c.id.in_(joined)).values(source_count=count, last_seen_at=at)
-                )
-        await conn.execute(
-            sources.update().where(sources.c.id == w.source_id).values(**self._source_values(w, poll_id))
-        )
-        return poll_id, new_count
+        if w.source_update is not None:
+            values = self._source_values(w.source_update)
+            if values:
+                values["updated_at"] = at
+                await conn.execute(sources.update().where(sources.c.id == w.source_id).values(**values))
+        return PollWritten(poll_id, len(new_ids), real_story)
 
     @staticmethod
-    def _source_values(w: PollWrite, poll_id: int) -> dict[str, Any]:
-        values: dict[str, Any] = dict(
-            last_poll_at=w.finished_at, next_attempt_at=w.next_attempt_at, updated_at=w.finished_at
-        )
-        if w.status == "error":
-            values.update(
-                last_error_at=w.finished_at,
-                last_error_kind=w.error_kind,
-                last_error=w.error,
-                consecutive_failures=sources.c.consecutive_failures + 1,
-            )
-        else:
-            values.update(last_success_at=w.finished_at, consecutive_failures=0)
-            if w.status == "ok":
-                values["last_ok_poll_id"] = poll_id
-            if w.etag is not None or w.last_modified is not None or w.status == "ok":
-                values.update(etag=w.etag, last_modified=w.last_modified)
-        if w.cookies is not None:
-            values["cookies"] = json.dumps(w.cookies, ensure_ascii=False, sort_keys=True)
+    def _source_values(u: SourceUpdate) -> dict[str, Any]:
+        values: dict[str, Any] = {}
+        if u.consecutive_failures is not None:
+            values["consecutive_failures"] = u.consecutive_failures
+            values["next_attempt_at"] = u.next_attempt_at
+        if u.failed_at is not None:
+            values.update(last_error_at=u.failed_at, last_error_kind=u.error_kind, last_error=u.error)
+        if u.conditional is not None:
+            values.update(etag=u.conditional[0], last_modified=u.conditional[1])
+        if u.cookies is not None:
+            values["cookies"] = json.dumps(u.cookies, ensure_ascii=False, sort_keys=True)
         return values
 
     # -- stories for the clustering index --------------------------------------------------
@@ -309,6 +349,8 @@ class Store:
                     items.c.story_id,
                     items.c.source_id,
                     items.c.title,
+                    items.c.url,
+                    items.c.summary,
                     items.c.canonical_url,
                     items.c.last_seen_at,
                 )
@@ -319,11 +361,17 @@ class Store:
 
     # -- scoring -------------------------------------------------------------------------
 
-    async def current_entries(self, now: datetime) -> list[ListEntry]:
-        """Observations of each enabled source's latest good list (what is on the lists now)."""
+    async def current_entries(self, now: datetime) -> list[tuple[int, ListEntry]]:
+        """(item id, entry) for each observation of each enabled source's latest good list."""
         fresh = now - timedelta(seconds=STALE_LIST_S)
+        last_ok = (
+            sa.select(sa.func.max(polls.c.id))
+            .where(polls.c.source_id == sources.c.id, polls.c.status == "ok")
+            .scalar_subquery()
+        )
         q = (
             sa.select(
+                observations.c.item_id,
                 observations.c.source_id,
                 observations.c.rank,
                 observations.c.heat,
@@ -333,8 +381,8 @@ class Store:
                 sources.c.weight,
             )
             .select_from(
-                observations.join(items, items.c.id == observations.c.item_id).join(
-                    sources, sources.c.last_ok_poll_id == observations.c.poll_id
+                sources.join(observations, observations.c.poll_id == last_ok).join(
+                    items, items.c.id == observations.c.item_id
                 )
             )
             .where(sources.c.enabled.is_(True), observations.c.collected_at >= fresh)
@@ -348,22 +396,29 @@ class Store:
             if r.heat is not None:
                 top_heat[r.poll_id] = max(top_heat.get(r.poll_id, 0.0), r.heat)
         return [
-            ListEntry(
-                r.story_id,
-                r.source_id,
-                r.rank,
-                length[r.poll_id],
-                r.heat,
-                top_heat.get(r.poll_id),
-                r.weight,
-                r.collected_at,
+            (
+                r.item_id,
+                ListEntry(
+                    r.story_id,
+                    r.source_id,
+                    r.rank,
+                    length[r.poll_id],
+                    r.heat,
+                    top_heat.get(r.poll_id),
+                    r.weight,
+                    r.collected_at,
+                ),
             )
             for r in rows
         ]
 
-    async def story_heats(self, now: datetime, settings: ScoreSettings) -> dict[int, StoryHeat]:
+    async def story_heats(
+        self, now: datetime, settings: ScoreSettings, current: list[tuple[int, ListEntry]] | None = None
+    ) -> dict[int, StoryHeat]:
         """Heat of every active story now: listed ones from the lists, the others decayed."""
-        entries = await self.current_entries(now)
+        if current is None:
+            current = await self.current_entries(now)
+        entries = [e for _, e in current]
         since = now - timedelta(seconds=settings.active_window)
         async with self.engine.connect() as conn:
             rows = (
@@ -389,8 +444,15 @@ class Store:
         return heats
 
     async def rescore(self, now: datetime, settings: ScoreSettings, *, record_history: bool = True) -> int:
-        """Recompute heat and 热度 of every active story; returns how many were scored."""
-        heats = await self.story_heats(now, settings)
+        """Recompute heat and 热度 of every active story; returns how many were scored.
+
+        It also brings each listed item's last_seen_at, last_rank and best_rank up to its
+        latest observation (the poll path leaves them to this job to stay at two
+        statements a poll), and, when `record_history`, adds a row per scored story to
+        story_scores.
+        """
+        current = await self.current_entries(now)
+        heats = await self.story_heats(now, settings, current)
         scored = score_all(heats)
         rows = []
         history = []
@@ -409,8 +471,6 @@ class Store:
             rows.append(row)
             if record_history and score > 0:
                 history.append(dict(story_id=sid, scored_at=now, heat=h.heat, score=score))
-        if not rows:
-            return 0
         stmt = (
             stories.update()
             .where(stories.c.id == sa.bindparam("b_id"))
@@ -426,9 +486,24 @@ class Store:
                 ),
             )
         )
+        seen = [dict(b_id=iid, b_at=e.collected_at, b_rank=e.rank) for iid, e in current]
+        refresh = (
+            items.update()
+            .where(items.c.id == sa.bindparam("b_id"), items.c.last_seen_at < sa.bindparam("b_at"))
+            .values(
+                last_seen_at=sa.bindparam("b_at"),
+                last_rank=sa.bindparam("b_rank"),
+                best_rank=sa.case(
+                    (items.c.best_rank > sa.bindparam("b_rank"), sa.bindparam("b_rank")), else_=items.c.best_rank
+                ),
+            )
+        )
         try:
-            async with self._writer.begin() as conn:
-                await conn.execute(stmt, rows)
+            async with self._begin() as conn:
+                if seen:
+                    await conn.execute(refresh, seen)
+                if rows:
+                    await conn.execute(stmt, rows)
                 if history:
                     ins = _upsert(conn, story_scores)
                     await conn.execute(ins.on_conflict_do_nothing(), history)
@@ -449,13 +524,37 @@ class Store:
             return [dict(r._mapping) for r in await conn.execute(q, params)]
 
     async def sources_status(self) -> list[dict[str, Any]]:
+        """Each source's row plus last_poll_at and last_success_at, read from its polls."""
+
+        q = sa.select(
+            sources,
+            _last_poll_at(sources).label("last_poll_at"),
+            _last_poll_at(sources, "ok", "not_modified").label("last_success_at"),
+        )
+        q = q.order_by(sources.c.enabled.desc(), sources.c.id)
+        ts = UtcDateTime()
         async with self.engine.connect() as conn:
-            rows = await conn.execute(sa.select(sources).order_by(sources.c.enabled.desc(), sources.c.id))
-            return [dict(r._mapping) for r in rows]
+            out = []
+            for r in await conn.execute(q):
+                row = dict(r._mapping)
+                for key in ("last_poll_at", "last_success_at"):
+                    row[key] = ts.process_result_value(row[key], self.engine.dialect)
+                out.append(row)
+            return out
 
     async def poll_count(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(sa.select(sa.func.count()).select_from(polls))).scalar_one())
+
+
+def _last_poll_at(source: sa.Table, *statuses: str) -> Any:
+    """finished_at of the source's newest poll (of these statuses), as a correlated subquery."""
+    p2 = polls.alias("p2")
+    newest = sa.select(sa.func.max(p2.c.id)).where(p2.c.source_id == source.c.id)
+    if statuses:
+        newest = newest.where(p2.c.status.in_(statuses))
+    p3 = polls.alias("p3")
+    return sa.select(p3.c.finished_at).where(p3.c.id == newest.correlate(source).scalar_subquery()).scalar_subquery()
 
 
 def _upsert(conn: AsyncConnection, table: sa.Table) -> Any:
@@ -468,4 +567,4 @@ def _upsert(conn: AsyncConnection, table: sa.Table) -> Any:
     return sqlite_insert(table)
 
 
-__all__ = ["ActiveItem", "NewStory", "PollResult", "PollWrite", "Store"]
+__all__ = ["ActiveItem", "PollResult", "PollWrite", "PollWritten", "SourceUpdate", "Store"]

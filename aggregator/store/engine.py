@@ -47,7 +47,9 @@ def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_over
         if path is not None:
             precheck_sqlite(path)
             path.parent.mkdir(parents=True, exist_ok=True)
-        engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s})
+        # Few connections: one writer at a time (the store queues writers) plus a reader or two;
+        # each connection keeps its own page cache.
+        engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s}, pool_size=3, max_overflow=2)
         _sqlite_events(engine, busy_timeout_s)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)

@@ -48,6 +48,9 @@ class UtcDateTime(sa.types.TypeDecorator[datetime]):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
+# On SQLite an INTEGER PRIMARY KEY is the rowid itself (no second index); BIGINT would not be.
+ID_TYPE = sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
 metadata = sa.MetaData()
 
 sources = sa.Table(
@@ -65,9 +68,6 @@ sources = sa.Table(
     sa.Column("etag", sa.Text),
     sa.Column("last_modified", sa.Text),
     sa.Column("cookies", sa.Text),  # JSON object kept from Set-Cookie; never logged
-    sa.Column("last_poll_at", UtcDateTime),
-    sa.Column("last_success_at", UtcDateTime),
-    sa.Column("last_ok_poll_id", sa.BigInteger),
     sa.Column("last_error_at", UtcDateTime),
     sa.Column("last_error_kind", sa.String(32)),
     sa.Column("last_error", sa.Text),
@@ -81,7 +81,7 @@ sources = sa.Table(
 polls = sa.Table(
     "polls",
     metadata,
-    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("id", ID_TYPE, primary_key=True, autoincrement=True),
     sa.Column("source_id", sa.String(64), sa.ForeignKey("sources.id"), nullable=False),
     sa.Column("started_at", UtcDateTime, nullable=False),
     sa.Column("finished_at", UtcDateTime, nullable=False),
@@ -100,7 +100,7 @@ polls = sa.Table(
 stories = sa.Table(
     "stories",
     metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", ID_TYPE, primary_key=True, autoincrement=False),
     sa.Column("title", sa.Text, nullable=False),
     sa.Column("item_id", sa.BigInteger, nullable=False),  # the representative item
     sa.Column("first_seen_at", UtcDateTime, nullable=False),
@@ -118,7 +118,7 @@ stories = sa.Table(
 items = sa.Table(
     "items",
     metadata,
-    sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("id", ID_TYPE, primary_key=True, autoincrement=False),
     sa.Column("key", sa.String(16), nullable=False, unique=True),
     sa.Column("source_id", sa.String(64), sa.ForeignKey("sources.id"), nullable=False),
     sa.Column("native_id", sa.Text),
@@ -127,13 +127,15 @@ items = sa.Table(
     sa.Column("canonical_url", sa.Text),
     sa.Column("summary", sa.Text),
     sa.Column("published_at", UtcDateTime),
-    sa.Column("story_id", sa.BigInteger, sa.ForeignKey("stories.id"), nullable=False),
+    # Deferred: a poll inserts its new items, learns which are new, then starts their stories.
+    sa.Column(
+        "story_id", sa.BigInteger, sa.ForeignKey("stories.id", deferrable=True, initially="DEFERRED"), nullable=False
+    ),
     sa.Column("first_seen_at", UtcDateTime, nullable=False),
     sa.Column("last_seen_at", UtcDateTime, nullable=False),
     sa.Column("best_rank", sa.Integer),
     sa.Column("last_rank", sa.Integer),
     sa.Index("ix_items_story", "story_id"),
-    sa.Index("ix_items_source_last_seen", "source_id", "last_seen_at"),
 )
 
 # One row per item per poll: the bulk of the database. No rowid and a primary key that

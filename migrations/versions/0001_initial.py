@@ -23,6 +23,11 @@ def big_id() -> sa.types.TypeEngine:
     return sa.BigInteger()
 
 
+def pk_id() -> sa.types.TypeEngine:
+    # On SQLite an INTEGER PRIMARY KEY is the rowid itself (no second index); BIGINT would not be.
+    return sa.BigInteger().with_variant(sa.Integer, "sqlite")
+
+
 def upgrade() -> None:
     op.create_table(
         "aggregator_meta",
@@ -44,9 +49,6 @@ def upgrade() -> None:
         sa.Column("etag", sa.Text),
         sa.Column("last_modified", sa.Text),
         sa.Column("cookies", sa.Text),
-        sa.Column("last_poll_at", ts()),
-        sa.Column("last_success_at", ts()),
-        sa.Column("last_ok_poll_id", big_id()),
         sa.Column("last_error_at", ts()),
         sa.Column("last_error_kind", sa.String(32)),
         sa.Column("last_error", sa.Text),
@@ -58,7 +60,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "polls",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
+        sa.Column("id", pk_id(), primary_key=True, autoincrement=True),
         sa.Column("source_id", sa.String(64), sa.ForeignKey("sources.id"), nullable=False),
         sa.Column("started_at", ts(), nullable=False),
         sa.Column("finished_at", ts(), nullable=False),
@@ -75,7 +77,7 @@ def upgrade() -> None:
     op.create_index("ix_polls_source_status", "polls", ["source_id", "status", "id"])
     op.create_table(
         "stories",
-        sa.Column("id", big_id(), primary_key=True, autoincrement=False),
+        sa.Column("id", pk_id(), primary_key=True, autoincrement=False),
         sa.Column("title", sa.Text, nullable=False),
         sa.Column("item_id", big_id(), nullable=False),
         sa.Column("first_seen_at", ts(), nullable=False),
@@ -91,7 +93,7 @@ def upgrade() -> None:
     op.create_index("ix_stories_last_seen", "stories", ["last_seen_at"])
     op.create_table(
         "items",
-        sa.Column("id", big_id(), primary_key=True, autoincrement=False),
+        sa.Column("id", pk_id(), primary_key=True, autoincrement=False),
         sa.Column("key", sa.String(16), nullable=False, unique=True),
         sa.Column("source_id", sa.String(64), sa.ForeignKey("sources.id"), nullable=False),
         sa.Column("native_id", sa.Text),
@@ -100,14 +102,15 @@ def upgrade() -> None:
         sa.Column("canonical_url", sa.Text),
         sa.Column("summary", sa.Text),
         sa.Column("published_at", ts()),
-        sa.Column("story_id", big_id(), sa.ForeignKey("stories.id"), nullable=False),
+        sa.Column(
+            "story_id", big_id(), sa.ForeignKey("stories.id", deferrable=True, initially="DEFERRED"), nullable=False
+        ),
         sa.Column("first_seen_at", ts(), nullable=False),
         sa.Column("last_seen_at", ts(), nullable=False),
         sa.Column("best_rank", sa.Integer),
         sa.Column("last_rank", sa.Integer),
     )
     op.create_index("ix_items_story", "items", ["story_id"])
-    op.create_index("ix_items_source_last_seen", "items", ["source_id", "last_seen_at"])
     op.create_table(
         "observations",
         sa.Column("poll_id", big_id(), sa.ForeignKey("polls.id"), primary_key=True),
