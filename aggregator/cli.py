@@ -12,6 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aggregator import __version__
+from aggregator.collectors import validate_sources
 from aggregator.errors import ConfigError, StoreError
 from aggregator.logs import setup_logging
 from aggregator.settings import Settings, load_settings
@@ -182,6 +183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         settings = load_settings(args.config)
+        validate_sources(settings)
     except ConfigError as exc:
         print(f"aggregator: settings error: {exc}", file=sys.stderr)
         return EXIT_USAGE

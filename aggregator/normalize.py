@@ -57,6 +57,7 @@ TRACKING_PARAMS = frozenset(
         "vd_source",
         "unique_k",
         "is_sharing",
+        "log_from",
     }
 )
 _TRACKING_PREFIXES = ("utm_", "hmsr", "_hs")

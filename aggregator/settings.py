@@ -30,6 +30,7 @@ CONFIG_ENV = "AGGREGATOR_CONFIG"
 
 KINDS = ("newsnow", "feed", "json", "weibo", "zhihu", "baidu", "toutiao", "douyin", "bilibili")
 NATIVE_KINDS = ("weibo", "zhihu", "baidu", "toutiao", "douyin", "bilibili")
+JSON_MAPPING_KEYS = ("items_path", "title_field", "url_field", "heat_field", "id_field", "label_field", "url_template")
 
 # Per-kind interval when neither the entry nor the catalog gives one: hot lists move in
 # minutes, feeds in tens of minutes.
@@ -182,6 +183,12 @@ class SourceSettings(_Section):
     def _kind_needs(self) -> SourceSettings:
         if self.kind in ("feed", "json") and not self.url:
             raise ValueError(f"a {self.kind} source needs `url`")
+        if self.kind != "json":
+            stray = [k for k in JSON_MAPPING_KEYS if getattr(self, k)]
+            if stray:
+                raise ValueError(f'{", ".join(stray)} only apply to kind = "json"')
+        if self.kind != "newsnow" and (self.base_url or self.newsnow_id):
+            raise ValueError('base_url and newsnow_id only apply to kind = "newsnow"')
         if self.interval is not None and self.interval < 1:
             raise ValueError("interval must be at least 1s")
         return self

@@ -274,3 +274,24 @@ def test_bad_settings_exit_2(tmp_path: Path, bad: str) -> None:
     path.write_text(bad)
     done = cli("run", "--once", config=path)
     assert done.returncode == 2 and "store.nope: unknown key" in done.stderr
+
+
+def test_set_cookie_is_kept_across_runs_and_never_shown(tmp_path: Path, http_server: LoopbackServer) -> None:
+    serve_defaults(http_server)
+    body = (DATA / "newsnow/weibo.json").read_bytes()
+    http_server.route(
+        "/api/s?id=weibo&latest",
+        body,
+        headers={"Content-Type": "application/json", "Set-Cookie": "SUB=secret-visitor-42; Path=/"},
+    )
+    config = settings_file(tmp_path, http_server)
+    first = cli("run", "--once", "--source", "weibo", config=config)
+    assert first.returncode == 0
+    http_server.route("/api/s?id=weibo&latest", "nope", status=500, headers={"Content-Type": "text/plain"})
+    second = cli("run", "--once", "--source", "weibo", config=config)  # a new process: the cookie came from the store
+    assert second.returncode == 1
+    sent = [headers for path, headers in http_server.requests if path == "/api/s?id=weibo&latest"]
+    assert "cookie" not in sent[0] and sent[1]["cookie"] == "SUB=secret-visitor-42"
+    shown = first.stdout + first.stderr + second.stdout + second.stderr + cli("sources", config=config).stdout
+    assert "secret-visitor-42" not in shown
+    assert all("secret-visitor-42" not in str(row) for row in query(tmp_path, "SELECT * FROM polls"))
