@@ -61,7 +61,7 @@ def select_sources(settings: Settings, ids: Sequence[str] | None) -> list[Source
 async def open_context(settings: Settings, store: Store) -> PollContext:
     now = utc_now()
     await store.sync_sources(settings.sources, now)
-    assigner = StoryAssigner(settings.dedupe.window)
+    assigner = StoryAssigner(settings.dedupe.window, settings.dedupe.threshold)
     assigner.load(await store.active_items(now - timedelta(seconds=settings.dedupe.window)))
     ctx = PollContext(
         settings=settings,

@@ -16,9 +16,10 @@ from datetime import datetime, timedelta
 from aggregator.backoff import retry_delay_s
 from aggregator.collectors import Collector
 from aggregator.collectors.fetch import Fetcher
+from aggregator.dedupe import DEFAULT_THRESHOLD, StoryIndex
 from aggregator.errors import CollectError, StoreError
 from aggregator.models import Collected, Item, PollResult, SourceState
-from aggregator.normalize import normalize_items
+from aggregator.normalize import normalize_items, normalize_title
 from aggregator.settings import Settings, SourceSettings
 from aggregator.store import ActiveItem, PollWrite, PollWritten, SourceUpdate, Store
 
@@ -33,28 +34,37 @@ def _signature(title: str, url: str | None, summary: str | None) -> int:
 
 @dataclass
 class StoryAssigner:
-    """Which story each item belongs to: known items keep theirs; a new item starts one.
+    """Which story each item belongs to: known items keep theirs, new ones are clustered.
 
     `known` holds the items seen within the dedupe window (item id → story id and a
     signature of what the store has), so a poll of a list it knows writes no item rows.
+    A new item joins the active story whose URL or title it matches (`dedupe`), else it
+    starts one with its own id.
     """
 
     window_s: float
+    threshold: float = DEFAULT_THRESHOLD
     known: dict[int, tuple[int, int]] = field(default_factory=dict)
     seen_at: dict[int, datetime] = field(default_factory=dict)
+    index: StoryIndex = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.index = StoryIndex(self.threshold, self.window_s)
 
     def load(self, active: Sequence[ActiveItem]) -> None:
         for a in active:
             self.known[a.item_id] = (a.story_id, _signature(a.title, a.url, a.summary))
             self.seen_at[a.item_id] = a.last_seen_at
+            self.index.add_item(a.story_id, normalize_title(a.title), a.canonical_url, a.source_id, a.last_seen_at)
 
-    def assign(self, items: Sequence[Item]) -> tuple[list[int], list[bool]]:
+    def assign(self, items: Sequence[Item], now: datetime) -> tuple[list[int], list[bool]]:
         """(proposed story per item, whether the item must be written)."""
         story_ids, write = [], []
         for it in items:
             entry = self.known.get(it.item_id)
             if entry is None:
-                story_ids.append(it.item_id)
+                match = self.index.match(it.norm_title, it.canonical_url, it.source_id, now)
+                story_ids.append(it.item_id if match is None else match)
                 write.append(True)
             else:
                 story_ids.append(entry[0])
@@ -64,6 +74,10 @@ class StoryAssigner:
     def commit(self, items: Sequence[Item], story_ids: Sequence[int], written: PollWritten, now: datetime) -> None:
         for it, proposed in zip(items, story_ids, strict=True):
             story = written.stories.get(it.item_id, proposed)
+            if it.item_id in written.stories or it.item_id not in self.known:
+                self.index.add_item(story, it.norm_title, it.canonical_url, it.source_id, now)
+            else:
+                self.index.touch(story, now)
             self.known[it.item_id] = (story, _signature(it.title, it.url, it.summary))
             self.seen_at[it.item_id] = now
 
@@ -73,6 +87,7 @@ class StoryAssigner:
         for iid in old:
             del self.seen_at[iid]
             self.known.pop(iid, None)
+        self.index.expire(now)
         return len(old)
 
 
@@ -88,6 +103,9 @@ class PollContext:
     failures: dict[str, int] = field(default_factory=dict)
     instance: str = ""
     writes: set[asyncio.Task[PollWritten]] = field(default_factory=set)
+    # Clustering and writing one poll is one step: a poll must see the stories that the
+    # poll before it started, so the next assign waits for the previous write.
+    assign_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 async def _write(ctx: PollContext, w: PollWrite) -> PollWritten:
@@ -207,30 +225,32 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
                 None,
                 dropped,
             )
-        story_ids, write = ctx.stories.assign(items)
-    finished = ctx.clock()
     status = "not_modified" if collected.not_modified else "ok"
-    w = PollWrite(
-        source.id,
-        started,
-        finished,
-        status,
-        collected.http_status,
-        items,
-        story_ids,
-        write,
-        dropped,
-        source_update=_state_update(state, collected, recovered),
-        instance=ctx.instance,
-    )
-    try:
-        written = await _write(ctx, w)
-    except StoreError as exc:
-        log.warning("poll %s: %s", source.id, exc)
-        return PollResult(
-            source.id, None, "error", started, finished, collected.http_status, 0, 0, dropped, "store", str(exc)
+    async with ctx.assign_lock:
+        finished = ctx.clock()
+        if items:
+            story_ids, write = ctx.stories.assign(items, finished)
+        w = PollWrite(
+            source.id,
+            started,
+            finished,
+            status,
+            collected.http_status,
+            items,
+            story_ids,
+            write,
+            dropped,
+            source_update=_state_update(state, collected, recovered),
+            instance=ctx.instance,
         )
-    ctx.stories.commit(items, story_ids, written, finished)
+        try:
+            written = await _write(ctx, w)
+        except StoreError as exc:
+            log.warning("poll %s: %s", source.id, exc)
+            return PollResult(
+                source.id, None, "error", started, finished, collected.http_status, 0, 0, dropped, "store", str(exc)
+            )
+        ctx.stories.commit(items, story_ids, written, finished)
     state.etag, state.last_modified = collected.etag, collected.last_modified
     if collected.cookies:
         state.cookies.update(collected.cookies)

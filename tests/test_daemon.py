@@ -119,7 +119,9 @@ def test_run_once_stores_exact_lists(tmp_path: Path, http_server: LoopbackServer
     ranked = query(tmp_path, "SELECT position, score FROM ranked_items ORDER BY position")
     assert ranked[0][1] == 100.0
     assert [r[1] for r in ranked] == sorted((r[1] for r in ranked), reverse=True)
-    assert len(ranked) == 10
+    assert len(ranked) == 9  # Weibo's 暴雨 word and Zhihu's question about it are one story
+    merged = query(tmp_path, "SELECT source_count, sources FROM ranked_items WHERE title = '某地暴雨致多条道路积水'")
+    assert merged == [(2, "NewsNow 微博, NewsNow 知乎")]
 
     top = cli("top", "--json", "--limit", "3", config=config)
     assert top.returncode == 0, top.stderr
