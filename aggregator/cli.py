@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     top.add_argument("--source", metavar="ID", help="only stories listed by this source")
     top.add_argument("--json", action="store_true", help="JSON for scripts")
 
+    export = sub.add_parser("export", help="write the top stories as documents (seed format), JSON or CSV")
+    export.add_argument("--top", type=int, metavar="N", help="how many stories (default [export] top)")
+    export.add_argument("--out", metavar="DIR", help="directory to write (default [export] dir)")
+    export.add_argument("--format", choices=("seed", "json", "csv"), help="default [export] format")
+    export.add_argument("--fetch", action="store_true", help="fetch the full text of due pages first")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply pending migrations")
@@ -176,7 +182,35 @@ async def _cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "sources": _cmd_sources, "top": _cmd_top, "db": _cmd_db}
+async def _cmd_export(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from aggregator.pipeline import export_top
+
+    top = args.top if args.top is not None else settings.export.top
+    if top < 1:
+        raise ConfigError("--top", "must be at least 1")
+    out = Path(args.out or settings.export.dir)
+    store = await _open_store(settings)
+    try:
+        if args.fetch:
+            from aggregator.collectors.fetch import make_fetcher
+            from aggregator.daemon import fulltext_sources, utc_now
+            from aggregator.fulltext import run_fulltext
+
+            fetcher = make_fetcher(settings.http)
+            try:
+                await run_fulltext(store, fetcher, settings.fulltext, utc_now(), fulltext_sources(settings))
+            finally:
+                await fetcher.aclose()
+        written = await export_top(store, settings, top, out, args.format or settings.export.format)
+    finally:
+        await store.close()
+    print(f"wrote {len(written)} file(s) to {out}")
+    return EXIT_OK
+
+
+COMMANDS = {"run": _cmd_run, "sources": _cmd_sources, "top": _cmd_top, "export": _cmd_export, "db": _cmd_db}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -17,15 +17,17 @@ import signal
 import socket
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from aggregator.collectors import COLLECTORS
 from aggregator.collectors.fetch import make_fetcher
-from aggregator.errors import ConfigError
+from aggregator.errors import ConfigError, StoreError
+from aggregator.fulltext import run_fulltext
 from aggregator.models import PollResult
-from aggregator.pipeline import PollContext, StoryAssigner, poll_source
+from aggregator.pipeline import PollContext, StoryAssigner, export_top, poll_source
 from aggregator.settings import Settings, SourceSettings
 from aggregator.store import Store
 from aggregator.store.engine import sqlite_path
@@ -76,6 +78,10 @@ async def open_context(settings: Settings, store: Store) -> PollContext:
         ctx.states[source_id] = state
         ctx.failures[source_id] = failures
     return ctx
+
+
+def fulltext_sources(settings: Settings) -> list[str]:
+    return [s.id for s in settings.sources if s.fulltext]
 
 
 def _lock_for(settings: Settings) -> DaemonLock | None:
@@ -164,6 +170,26 @@ class Daemon:
         except Exception:
             log.exception("rescore failed")
 
+    async def _fulltext_job(self) -> None:
+        assert self.ctx is not None
+        try:
+            await run_fulltext(
+                self.ctx.store, self.ctx.fetcher, self.settings.fulltext, utc_now(), fulltext_sources(self.settings)
+            )
+        except Exception:
+            log.exception("full-text job failed")
+
+    async def _export_job(self) -> None:
+        assert self.ctx is not None
+        out = Path(self.settings.export.dir)
+        try:
+            written = await export_top(
+                self.ctx.store, self.settings, self.settings.export.top, out, self.settings.export.format
+            )
+            log.info("exported %d file(s) to %s", len(written), out)
+        except (OSError, ValueError, StoreError) as exc:
+            log.warning("export to %s failed: %s", out, exc)
+
     def _schedule(self, sources: Sequence[SourceSettings], last_polls: dict[str, datetime | None]) -> None:
         now = utc_now()
         due_index = 0
@@ -190,6 +216,28 @@ class Daemon:
                 max_instances=1,
                 misfire_grace_time=self._misfire_grace_s(source.interval_s),
                 next_run_time=first,
+            )
+        fulltext = self.settings.fulltext
+        if fulltext.enabled and fulltext.top > 0 and fulltext.every > 0:
+            self.scheduler.add_job(
+                self._fulltext_job,
+                IntervalTrigger(seconds=fulltext.every, timezone=UTC),
+                id="fulltext",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(1, int(fulltext.every / 2)),
+                next_run_time=now + timedelta(seconds=min(fulltext.every, 60.0)),
+            )
+        export = self.settings.export
+        if export.every > 0:
+            self.scheduler.add_job(
+                self._export_job,
+                IntervalTrigger(seconds=export.every, timezone=UTC),
+                id="export",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(1, int(export.every / 2)),
+                next_run_time=now + timedelta(seconds=min(export.every, 90.0)),
             )
         every = self.settings.daemon.rescore_every
         self.scheduler.add_job(

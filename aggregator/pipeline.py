@@ -12,12 +12,14 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from pathlib import Path
 
 from aggregator.backoff import retry_delay_s
 from aggregator.collectors import Collector
 from aggregator.collectors.fetch import Fetcher
 from aggregator.dedupe import DEFAULT_THRESHOLD, StoryIndex
 from aggregator.errors import CollectError, StoreError
+from aggregator.export import ExportDoc, write_export
 from aggregator.models import Collected, Item, PollResult, SourceState
 from aggregator.normalize import normalize_items, normalize_title
 from aggregator.settings import Settings, SourceSettings
@@ -280,3 +282,27 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
         written.new_count,
         dropped,
     )
+
+
+async def export_top(store: Store, settings: Settings, top: int, out_dir: Path, fmt: str) -> list[Path]:
+    """Write the current top stories to `out_dir` in `fmt` (seed, json or csv)."""
+    rows = await store.export_rows(top)
+    docs = [
+        ExportDoc(
+            position=i,
+            item_key=r["item_key"],
+            title=r["title"],
+            url=r["url"] or "",
+            source_name=r["source"],
+            score=float(r["score"]),
+            content=r["content"],
+            summary=r["summary"],
+            collected_at=r["collected_at"],
+            story_id=int(r["story_id"]),
+            sources=tuple(s.strip() for s in (r["sources"] or "").split(",") if s.strip()),
+            source_count=int(r["source_count"]),
+        )
+        for i, r in enumerate(rows)
+    ]
+    zone = settings.display.zone
+    return await asyncio.to_thread(write_export, docs, out_dir, fmt, zone=zone, zone_label=settings.display.zone_label)

@@ -151,6 +151,36 @@ class DisplaySettings(_Section):
         return "北京时间" if self.timezone in ("Asia/Shanghai", "PRC", "Asia/Chongqing") else self.timezone
 
 
+class FulltextSettings(_Section):
+    enabled: bool = True
+    every: Duration = 300.0  # how often the top stories' pages are fetched
+    top: int = Field(20, ge=0, le=1000)  # how many top stories get their full text
+    concurrency: int = Field(4, ge=1, le=32)
+    max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    retry: Duration = 1800.0  # first retry after a failure; doubles up to a day
+    max_attempts: int = Field(5, ge=1, le=100)
+    # Hosts, IPs or CIDRs that may be fetched although private (tests, intranet mirrors).
+    allow_private: tuple[str, ...] = ()
+
+    @model_validator(mode="after")
+    def _allow_is_valid(self) -> FulltextSettings:
+        from aggregator.ssrf import check_url
+
+        for entry in self.allow_private:
+            try:
+                check_url("http://example.com/", [entry])
+            except ValueError as exc:
+                raise ValueError(f"allow_private entry {entry!r}: {exc}") from None
+        return self
+
+
+class ExportSettings(_Section):
+    every: Duration = 0.0  # 0: no periodic export from the daemon
+    top: int = Field(20, ge=1, le=1000)
+    dir: str = "./export"
+    format: Literal["seed", "json", "csv"] = "seed"
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -170,6 +200,9 @@ class SourceSettings(_Section):
     headers: dict[str, str] = Field(default_factory=dict)
     cookies: dict[str, str] = Field(default_factory=dict)
     category: str = ""
+    # Fetch the linked pages' full text; None: the catalog's default (off for lists whose
+    # links are search pages, such as Weibo hot words), else on.
+    fulltext: bool | None = None
     # kind = "json": a declarative mapping of a JSON hot list.
     items_path: str = ""
     title_field: str = ""
@@ -207,6 +240,8 @@ class Settings(_Section):
     score: ScoreSettings = ScoreSettings()
     dedupe: DedupeSettings = DedupeSettings()
     display: DisplaySettings = DisplaySettings()
+    fulltext: FulltextSettings = FulltextSettings()
+    export: ExportSettings = ExportSettings()
     log: LogSettings = LogSettings()
     sources: tuple[SourceSettings, ...] = ()
     config_path: str = ""  # where these settings came from ("" = built-in defaults)
@@ -336,6 +371,8 @@ def _with_catalog(
         update["name"] = f"{base} {entry['title']}" if entry.get("title") and source.kind == "newsnow" else base
     if not source.category and entry.get("category"):
         update["category"] = entry["category"]
+    if source.fulltext is None:
+        update["fulltext"] = bool(entry.get("fulltext", True))
     return source.model_copy(update=update) if update else source
 
 

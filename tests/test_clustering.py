@@ -24,7 +24,9 @@ def test_same_event_on_three_sources_is_one_story(tmp_path: Path, http_server: L
         "SELECT s.title, s.source_count, count(i.id) FROM stories s JOIN items i ON i.story_id = s.id "
         "GROUP BY s.id ORDER BY s.source_count DESC, s.title",
     )
-    assert stories[0] == ("#某地暴雨致多条道路积水#", 3, 3)
+    # Whichever source's poll committed first founded the story and gave it its title.
+    assert stories[0][1:] == (3, 3)
+    assert "某地暴雨致多条道路积水" in stories[0][0]
     # Hard negatives stay apart: another subject in the same template, another match result.
     assert all(count == 1 for _, count, _ in stories[1:])
     assert len(stories) == 6

@@ -120,7 +120,11 @@ def test_run_once_stores_exact_lists(tmp_path: Path, http_server: LoopbackServer
     assert ranked[0][1] == 100.0
     assert [r[1] for r in ranked] == sorted((r[1] for r in ranked), reverse=True)
     assert len(ranked) == 9  # Weibo's 暴雨 word and Zhihu's question about it are one story
-    merged = query(tmp_path, "SELECT source_count, sources FROM ranked_items WHERE title = '某地暴雨致多条道路积水'")
+    merged = query(
+        tmp_path,
+        "SELECT source_count, sources FROM ranked_items "
+        "WHERE story_id = (SELECT story_id FROM items WHERE title = '某地暴雨致多条道路积水')",
+    )
     assert merged == [(2, "NewsNow 微博, NewsNow 知乎")]
 
     top = cli("top", "--json", "--limit", "3", config=config)

@@ -22,7 +22,7 @@ import re
 import ssl
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC
 from http.cookies import CookieError, SimpleCookie
@@ -71,9 +71,12 @@ class FetchResponse:
         return match.group(1).lower() if match else None
 
 
-# Called with each URL about to be requested (the first and every redirect hop); raises
+# Awaited with each URL about to be requested (the first and every redirect hop); raises
 # FetchError(kind="blocked") to refuse it. The full-text fetcher passes an SSRF guard.
-UrlCheck = Callable[[str], None]
+UrlCheck = Callable[[str], Awaitable[None]]
+# Called with (host, IP actually connected) once a response has begun, before its body
+# is read; raises FetchError(kind="blocked") to refuse it.
+PeerCheck = Callable[[str, str], None]
 
 
 @dataclass(slots=True)
@@ -200,6 +203,7 @@ async def fetch(
     etag: str | None = None,
     last_modified: str | None = None,
     check_url: UrlCheck | None = None,
+    check_peer: PeerCheck | None = None,
     deadline_s: float | None = None,
     max_bytes: int | None = None,
 ) -> FetchResponse:
@@ -209,7 +213,7 @@ async def fetch(
     cap = max_bytes if max_bytes is not None else limits.max_bytes
     try:
         async with asyncio.timeout(deadline):
-            return await _fetch(fetcher, url, headers, cookies, etag, last_modified, check_url, cap)
+            return await _fetch(fetcher, url, headers, cookies, etag, last_modified, check_url, check_peer, cap)
     except TimeoutError:
         raise FetchError(f"no complete response within {deadline:g}s", kind="timeout") from None
 
@@ -222,6 +226,7 @@ async def _fetch(
     etag: str | None,
     last_modified: str | None,
     check_url: UrlCheck | None,
+    check_peer: PeerCheck | None,
     cap: int,
 ) -> FetchResponse:
     request_headers = dict(headers or {})
@@ -236,7 +241,7 @@ async def _fetch(
         if urlsplit(url).scheme not in ("http", "https"):
             raise FetchError(f"refusing non-HTTP URL scheme in {url[:100]!r}", kind="blocked")
         if check_url is not None:
-            check_url(url)
+            await check_url(url)
         if url in seen:
             raise FetchError(f"redirect loop at {url[:200]}", kind="redirect_loop")
         seen.add(url)
@@ -250,6 +255,11 @@ async def _fetch(
             except httpx.HTTPError as exc:
                 raise _classify(exc) from exc
             try:
+                if check_peer is not None:
+                    stream = response.extensions.get("network_stream")
+                    peer = stream.get_extra_info("server_addr") if stream is not None else None
+                    if peer:
+                        check_peer(urlsplit(url).hostname or "", str(peer[0]))
                 new_cookies = _parse_set_cookies(response.headers)
                 set_cookies.update(new_cookies)
                 jar.update(new_cookies)

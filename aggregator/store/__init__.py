@@ -511,6 +511,68 @@ class Store:
             raise _store_error(exc, "cannot store scores") from exc
         return len(rows)
 
+    # -- full text -----------------------------------------------------------------------
+
+    async def fulltext_due(
+        self, now: datetime, top: int, source_ids: Sequence[str], max_attempts: int
+    ) -> list[tuple[int, str, int]]:
+        """(item id, url, attempts) of the top stories' items whose page is due for a fetch."""
+        q = (
+            sa.select(items.c.id, items.c.url, items.c.content_attempts)
+            .select_from(stories.join(items, items.c.id == stories.c.item_id))
+            .where(
+                stories.c.score > 0,
+                items.c.url.is_not(None),
+                items.c.source_id.in_(list(source_ids)),
+                sa.or_(
+                    items.c.content_status.is_(None),
+                    sa.and_(
+                        items.c.content_status == "error",
+                        items.c.content_next_at <= now,
+                        items.c.content_attempts < max_attempts,
+                    ),
+                ),
+            )
+            .order_by(stories.c.score.desc())
+            .limit(top)
+        )
+        async with self.engine.connect() as conn:
+            return [(r.id, r.url, r.content_attempts) for r in await conn.execute(q)]
+
+    async def record_content(
+        self, item_id: int, status: str, content: str | None, error: str | None, at: datetime, next_at: datetime | None
+    ) -> None:
+        values: dict[str, Any] = dict(
+            content_status=status,
+            content_fetched_at=at,
+            content_error=error,
+            content_next_at=next_at,
+            content_attempts=items.c.content_attempts + 1,
+        )
+        if status != "error":
+            values["content"] = content
+        try:
+            async with self._begin() as conn:
+                await conn.execute(items.update().where(items.c.id == item_id).values(**values))
+        except (OperationalError, DBAPIError) as exc:
+            raise _store_error(exc, "cannot store full text") from exc
+
+    async def export_rows(self, top: int) -> list[dict[str, Any]]:
+        """The top stories with their representative item's text, for `export`."""
+        q = sa.text(
+            "SELECT r.position, r.score, r.title, r.url, r.source, r.sources, r.source_count, r.story_id, "
+            "r.item_key, r.collected_at, i.content, i.summary FROM ranked_items r JOIN items i ON i.key = r.item_key "
+            "ORDER BY r.position LIMIT :top"
+        )
+        ts = UtcDateTime()
+        async with self.engine.connect() as conn:
+            out = []
+            for r in await conn.execute(q, {"top": top}):
+                row = dict(r._mapping)
+                row["collected_at"] = ts.process_result_value(row["collected_at"], self.engine.dialect)
+                out.append(row)
+            return out
+
     # -- reading -------------------------------------------------------------------------
 
     async def top(self, limit: int, source_id: str | None = None) -> list[dict[str, Any]]:

@@ -135,6 +135,13 @@ items = sa.Table(
     sa.Column("last_seen_at", UtcDateTime, nullable=False),
     sa.Column("best_rank", sa.Integer),
     sa.Column("last_rank", sa.Integer),
+    # Full text of the linked page (migration 0002): Markdown, and when it was fetched.
+    sa.Column("content", sa.Text),
+    sa.Column("content_status", sa.String(16)),  # ok | error | empty
+    sa.Column("content_fetched_at", UtcDateTime),
+    sa.Column("content_error", sa.Text),
+    sa.Column("content_attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("content_next_at", UtcDateTime),
     sa.Index("ix_items_story", "story_id"),
 )
 
