@@ -15,6 +15,7 @@ from aggregator import __version__
 from aggregator.collectors import validate_sources
 from aggregator.errors import ConfigError, StoreError
 from aggregator.logs import setup_logging
+from aggregator.render import explain_lines, history_lines, pad
 from aggregator.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -39,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     top.add_argument("--source", metavar="ID", help="only stories listed by this source")
     top.add_argument("--json", action="store_true", help="JSON for scripts")
 
+    explain = sub.add_parser("explain", help="every term of a story's 热度")
+    explain.add_argument("story", metavar="STORY", help="story id, item id or item key")
+    history = sub.add_parser("history", help="rank per source and 热度 over time")
+    history.add_argument("ref", metavar="ITEM_OR_STORY", help="story id, item id or item key")
+
     export = sub.add_parser("export", help="write the top stories as documents (seed format), JSON or CSV")
     export.add_argument("--top", type=int, metavar="N", help="how many stories (default [export] top)")
     export.add_argument("--out", metavar="DIR", help="directory to write (default [export] dir)")
@@ -55,21 +61,6 @@ def _local(when: datetime | None, zone: ZoneInfo) -> str:
     if when is None:
         return "-"
     return when.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _width(text: str) -> int:
-    import unicodedata
-
-    return sum(2 if unicodedata.east_asian_width(c) in ("W", "F") else 1 for c in text)
-
-
-def _pad(text: str, width: int) -> str:
-    cut = ""
-    for ch in text:
-        if _width(cut + ch) > width:
-            break
-        cut += ch
-    return cut + " " * (width - _width(cut))
 
 
 async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
@@ -161,15 +152,62 @@ async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
     if not rows:
         print("no stories yet: run `aggregator run --once` or start the daemon")
         return EXIT_OK
-    print(f"{'#':>3} {'热度':>6}  {_pad('title', 56)}  {'source':<16} {'seen':<16}")
+    print(f"{'#':>3} {'热度':>6}    {pad('title', 50)}  {pad('platforms', 30)} {'seen':<11}")
     for r in rows:
         seen = r["collected_at"]
-        if isinstance(seen, str):
-            from datetime import UTC
-
-            seen = datetime.fromisoformat(seen).replace(tzinfo=UTC)
         seen_text = seen.astimezone(zone).strftime("%m-%d %H:%M") if seen else "-"
-        print(f"{r['position']:>3} {r['score']:>6.1f}  {_pad(r['title'], 56)}  {_pad(r['source'], 16)} {seen_text}")
+        marker = "↑" if r.get("rising") else " "
+        platforms = (
+            ",".join(f"{x['source_id']}#{x['rank']}" for x in r.get("ranks", []) if x["rank"] is not None)
+            or r["source"]
+        )
+        print(
+            f"{r['position']:>3} {r['score']:>6.1f} {marker}  {pad(r['title'], 50)}  {pad(platforms, 30)} {seen_text}"
+        )
+    return EXIT_OK
+
+
+async def _story_or_exit(store: Any, ref: str) -> int:
+    story_id = await store.resolve_story(ref)
+    if story_id is None:
+        raise ConfigError("STORY", f"no story or item {ref!r} (give a story id, an item id or an item key)")
+    return int(story_id)
+
+
+async def _cmd_explain(settings: Settings, args: argparse.Namespace) -> int:
+    from aggregator.daemon import utc_now
+    from aggregator.score import unlisted_heat
+
+    store = await _open_store(settings)
+    try:
+        story_id = await _story_or_exit(store, args.story)
+        story = await store.story(story_id)
+        now = utc_now()
+        heats = await store.story_heats(now, settings.score)
+    finally:
+        await store.close()
+    assert story is not None
+    heat = heats.get(story_id) or unlisted_heat(
+        story_id, story["base_heat"], story["last_seen_at"], now, settings.score
+    )
+    top_story = max(heats, key=lambda sid: heats[sid].heat) if heats else None
+    top_heat = heats[top_story].heat if top_story is not None else 0.0
+    for line in explain_lines(story, heat, top_heat, top_story, settings.score.half_life, settings.display.zone):
+        print(line)
+    return EXIT_OK
+
+
+async def _cmd_history(settings: Settings, args: argparse.Namespace) -> int:
+    store = await _open_store(settings)
+    try:
+        story_id = await _story_or_exit(store, args.ref)
+        story = await store.story(story_id)
+        observations, scores = await store.story_history(story_id)
+    finally:
+        await store.close()
+    assert story is not None
+    for line in history_lines(story, observations, scores, settings.display.zone):
+        print(line)
     return EXIT_OK
 
 
@@ -210,7 +248,15 @@ async def _cmd_export(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": _cmd_run, "sources": _cmd_sources, "top": _cmd_top, "export": _cmd_export, "db": _cmd_db}
+COMMANDS = {
+    "run": _cmd_run,
+    "sources": _cmd_sources,
+    "top": _cmd_top,
+    "explain": _cmd_explain,
+    "history": _cmd_history,
+    "export": _cmd_export,
+    "db": _cmd_db,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

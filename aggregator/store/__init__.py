@@ -12,7 +12,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
@@ -575,15 +575,157 @@ class Store:
 
     # -- reading -------------------------------------------------------------------------
 
-    async def top(self, limit: int, source_id: str | None = None) -> list[dict[str, Any]]:
+    async def top(self, limit: int, source_id: str | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
+        """ranked_items rows, plus each story's trend: `ranks` per source, `velocity`, `rising`."""
         where = ""
         params: dict[str, Any] = {"limit": limit}
         if source_id:
             where = "WHERE story_id IN (SELECT story_id FROM items WHERE source_id = :source_id)"
             params["source_id"] = source_id
         q = sa.text(f"SELECT * FROM ranked_items {where} ORDER BY position LIMIT :limit")  # noqa: S608
+        ts = UtcDateTime()
         async with self.engine.connect() as conn:
-            return [dict(r._mapping) for r in await conn.execute(q, params)]
+            rows = []
+            for r in await conn.execute(q, params):
+                row = dict(r._mapping)
+                for key in ("first_seen_at", "last_seen_at", "collected_at"):
+                    row[key] = ts.process_result_value(row[key], self.engine.dialect)
+                rows.append(row)
+        trends = await self.trends([int(r["story_id"]) for r in rows], now or datetime.now(UTC))
+        for row in rows:
+            row.update(trends.get(int(row["story_id"]), {}))
+        return rows
+
+    async def trends(self, story_ids: Sequence[int], now: datetime) -> dict[int, dict[str, Any]]:
+        """Per story: ranks per source (now, at the previous poll, best), time on the lists,
+        热度 gained in the last hour, and whether it is rising."""
+        if not story_ids:
+            return {}
+        last_ok = (
+            sa.select(sa.func.max(polls.c.id))
+            .where(polls.c.source_id == items.c.source_id, polls.c.status == "ok")
+            .scalar_subquery()
+        )
+        o2 = observations.alias("o2")
+        previous = (
+            sa.select(o2.c.rank)
+            .where(o2.c.item_id == items.c.id, o2.c.poll_id < observations.c.poll_id)
+            .order_by(o2.c.poll_id.desc())
+            .limit(1)
+            .scalar_subquery()
+        )
+        q = (
+            sa.select(
+                items.c.story_id,
+                items.c.source_id,
+                sources.c.display_name,
+                items.c.best_rank,
+                observations.c.rank,
+                previous.label("previous_rank"),
+            )
+            .select_from(
+                items.join(sources, sources.c.id == items.c.source_id).outerjoin(
+                    observations, sa.and_(observations.c.item_id == items.c.id, observations.c.poll_id == last_ok)
+                )
+            )
+            .where(items.c.story_id.in_(list(story_ids)))
+        )
+        hour_ago = now - timedelta(hours=1)
+        back = (
+            sa.select(story_scores.c.story_id, sa.func.min(story_scores.c.scored_at).label("at"))
+            .where(story_scores.c.story_id.in_(list(story_ids)), story_scores.c.scored_at >= hour_ago)
+            .group_by(story_scores.c.story_id)
+            .subquery()
+        )
+        then = sa.select(story_scores.c.story_id, story_scores.c.score).select_from(
+            story_scores.join(
+                back, sa.and_(back.c.story_id == story_scores.c.story_id, back.c.at == story_scores.c.scored_at)
+            )
+        )
+        now_q = sa.select(stories.c.id, stories.c.score, stories.c.first_seen_at, stories.c.last_seen_at).where(
+            stories.c.id.in_(list(story_ids))
+        )
+        async with self.engine.connect() as conn:
+            rank_rows = (await conn.execute(q)).all()
+            then_scores = {r.story_id: r.score for r in await conn.execute(then)}
+            current = {r.id: r for r in await conn.execute(now_q)}
+        out: dict[int, dict[str, Any]] = {}
+        for sid in story_ids:
+            story = current.get(sid)
+            if story is None:
+                continue
+            score_then = then_scores.get(sid)
+            velocity = round(story.score - score_then, 1) if score_then is not None else None
+            out[sid] = {
+                "ranks": [],
+                "velocity": velocity,
+                "time_on_list_s": (story.last_seen_at - story.first_seen_at).total_seconds(),
+            }
+        for r in rank_rows:
+            entry = out.get(r.story_id)
+            if entry is None:
+                continue
+            entry["ranks"].append(
+                {
+                    "source_id": r.source_id,
+                    "source": r.display_name,
+                    "rank": r.rank,
+                    "previous_rank": r.previous_rank,
+                    "best_rank": r.best_rank,
+                }
+            )
+        for entry in out.values():
+            listed = [x for x in entry["ranks"] if x["rank"] is not None]
+            climbing = any(x["previous_rank"] is None or x["rank"] < x["previous_rank"] for x in listed)
+            entry["ranks"].sort(key=lambda x: (x["rank"] is None, x["rank"] or 0, x["source_id"]))
+            entry["rising"] = bool(listed) and (
+                (entry["velocity"] is not None and entry["velocity"] > 0) or (entry["velocity"] is None and climbing)
+            )
+        return out
+
+    async def resolve_story(self, ref: str) -> int | None:
+        """A story id from a story id, an item key (16 hex) or an item id."""
+        text = ref.strip().lower()
+        async with self.engine.connect() as conn:
+            if len(text) == 16 and all(c in "0123456789abcdef" for c in text):
+                found = (await conn.execute(sa.select(items.c.story_id).where(items.c.key == text))).scalar()
+                if found is not None:
+                    return int(found)
+            if text.isdigit():
+                number = int(text)
+                if (await conn.execute(sa.select(stories.c.id).where(stories.c.id == number))).scalar() is not None:
+                    return number
+                found = (await conn.execute(sa.select(items.c.story_id).where(items.c.id == number))).scalar()
+                if found is not None:
+                    return int(found)
+        return None
+
+    async def story(self, story_id: int) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(stories).where(stories.c.id == story_id))).first()
+            return dict(row._mapping) if row is not None else None
+
+    async def story_history(self, story_id: int) -> tuple[list[Any], list[Any]]:
+        """(observations: collected_at, source_id, rank, heat_raw, title; scores: scored_at, score)."""
+        obs = (
+            sa.select(
+                observations.c.collected_at,
+                observations.c.source_id,
+                observations.c.rank,
+                observations.c.heat_raw,
+                items.c.title,
+            )
+            .select_from(observations.join(items, items.c.id == observations.c.item_id))
+            .where(items.c.story_id == story_id)
+            .order_by(observations.c.collected_at, observations.c.source_id)
+        )
+        scores = (
+            sa.select(story_scores.c.scored_at, story_scores.c.score)
+            .where(story_scores.c.story_id == story_id)
+            .order_by(story_scores.c.scored_at)
+        )
+        async with self.engine.connect() as conn:
+            return list((await conn.execute(obs)).all()), list((await conn.execute(scores)).all())
 
     async def sources_status(self) -> list[dict[str, Any]]:
         """Each source's row plus last_poll_at and last_success_at, read from its polls."""

@@ -1,0 +1,70 @@
+"""`explain`, `history` and the trend signals of `top`, on stories collected through the daemon."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+from tests.conftest import DATA, LoopbackServer
+from tests.test_daemon import cli, query
+
+
+def three_sources(tmp_path: Path, server: LoopbackServer) -> Path:
+    entries = []
+    for name in ("weibo", "baidu", "toutiao"):
+        server.serve_file(f"/api/s?id={name}&latest", f"cluster/{name}.json")
+        url = server.url(f"/api/s?id={name}&latest")
+        entries.append(f'[[sources]]\nid = "{name}"\nkind = "newsnow"\nurl = "{url}"\n')
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[store]\ndata_dir = "{tmp_path / "data"}"\n' + "\n".join(entries), encoding="utf-8")
+    return config
+
+
+def test_explain_terms_add_up_to_the_score(tmp_path: Path, http_server: LoopbackServer) -> None:
+    config = three_sources(tmp_path, http_server)
+    assert cli("run", "--once", config=config).returncode == 0
+    for story_id, score in query(tmp_path, "SELECT story_id, score FROM ranked_items"):
+        done = cli("explain", str(story_id), config=config)
+        assert done.returncode == 0, done.stderr
+        lines = done.stdout.splitlines()
+        terms = [float(line.split()[-1]) for line in lines[2:] if re.match(r"\s+\S+\s+\d+\s+\d+\s", line)]
+        bonus = float(next(line for line in lines if "persistence bonus" in line).split()[-1])
+        heat = float(next(line for line in lines if line.strip().startswith("heat ")).split()[-1])
+        assert abs(sum(terms) + bonus - heat) < 0.002
+        shown = float(lines[-1].rsplit("=", 1)[1])
+        assert shown == score
+
+
+def test_explain_accepts_an_item_key_and_refuses_unknown(tmp_path: Path, http_server: LoopbackServer) -> None:
+    config = three_sources(tmp_path, http_server)
+    assert cli("run", "--once", config=config).returncode == 0
+    ((key, story_id),) = query(tmp_path, "SELECT item_key, story_id FROM ranked_items WHERE position = 1")
+    done = cli("explain", key, config=config)
+    assert done.returncode == 0 and f"story {story_id}:" in done.stdout
+    missing = cli("explain", "999", config=config)
+    assert missing.returncode == 2 and "no story or item '999'" in missing.stderr
+
+
+def test_history_and_rising_marker(tmp_path: Path, http_server: LoopbackServer) -> None:
+    config = three_sources(tmp_path, http_server)
+    assert cli("run", "--once", config=config).returncode == 0
+    payload = json.loads((DATA / "cluster/weibo.json").read_text(encoding="utf-8"))
+    payload["items"] = [payload["items"][i] for i in (2, 0, 1)]  # 国足 climbs from 3 to 1
+    http_server.route("/api/s?id=weibo&latest", json.dumps(payload, ensure_ascii=False))
+    assert cli("run", "--once", "--source", "weibo", config=config).returncode == 0
+    ((story_id,),) = query(tmp_path, "SELECT story_id FROM items WHERE title = '国足1比0战胜对手'")
+    done = cli("history", str(story_id), config=config)
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"weibo\s+2 polls\s+best\s+1\s+now\s+1", done.stdout)
+    assert "热度 over time (2 rescorings" in done.stdout
+    top = json.loads(cli("top", "--json", config=config).stdout)
+    row = next(r for r in top if r["story_id"] == story_id)
+    assert row["ranks"] == [
+        {"source_id": "weibo", "source": "NewsNow 微博", "rank": 1, "previous_rank": 3, "best_rank": 1}
+    ]
+    assert row["rising"] is True and row["velocity"] > 0
+    fallen = next(r for r in top if r["title"] == "故宫回应门票涨价传闻")
+    assert fallen["rising"] is False
+    table = cli("top", config=config).stdout
+    assert re.search(r"↑\s+国足1比0战胜对手\s+weibo#1", table)
