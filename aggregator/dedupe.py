@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import re
+import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -35,6 +36,9 @@ from typing import Protocol
 # in tests/data/dedupe_pairs.tsv precision is flat (0.95) for coverage cuts 0.72-0.76 and falls
 # below 0.72; 0.75 sits inside that plateau. It is also `dedupe.threshold`'s default in settings.
 DEFAULT_THRESHOLD = 0.5
+# Features of the titles of the last few polls: enough for match() then add_item() of one
+# poll (a few hundred titles) without keeping every title ever seen.
+FEATURE_CACHE_SIZE = 2048
 # The design's `dedupe.window`: a story not seen on any list for two days is over.
 DEFAULT_WINDOW_S = 48 * 3600.0
 
@@ -310,7 +314,9 @@ class _Story:
 
     last_seen_at: datetime
     sources: set[str] = field(default_factory=set)
-    titles: list[TitleFeatures] = field(default_factory=list)
+    # Member titles as text: their features are recomputed (and cached) when compared, which
+    # keeps an active story near a few hundred bytes instead of several kilobytes.
+    titles: list[str] = field(default_factory=list)
     title_keys: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
 
@@ -332,11 +338,12 @@ class StoryIndex:
         self.window_s = window_s
         self._window = timedelta(seconds=window_s)
         self._stories: dict[int, _Story] = {}
-        self._postings: dict[str, set[int]] = {}
+        # n-gram (as a CRC-32, see _gram_key) → the one story holding it, or a set of them.
+        self._postings: dict[int, int | set[int]] = {}
         self._by_url: dict[str, int] = {}
         self._by_title: dict[str, int] = {}
         self._expiry: list[tuple[datetime, int]] = []  # one entry per story; may lag its last_seen_at
-        self._last_features: tuple[str, TitleFeatures] | None = None
+        self._feature_cache: dict[str, TitleFeatures] = {}
 
     def __len__(self) -> int:
         return len(self._stories)
@@ -345,12 +352,12 @@ class StoryIndex:
         return story_id in self._stories
 
     def _features(self, norm_title: str) -> TitleFeatures:
-        # match() then add_item() on the same title is the common sequence: compute once.
-        cached = self._last_features
-        if cached is not None and cached[0] == norm_title:
-            return cached[1]
-        features = title_features(norm_title)
-        self._last_features = (norm_title, features)
+        # match() for a whole poll, then add_item() for the same titles: compute each once.
+        features = self._feature_cache.get(norm_title)
+        if features is None:
+            if len(self._feature_cache) >= FEATURE_CACHE_SIZE:
+                self._feature_cache.clear()
+            features = self._feature_cache[norm_title] = title_features(norm_title)
         return features
 
     def _active(self, story_id: int, cutoff: datetime) -> _Story | None:
@@ -370,8 +377,12 @@ class StoryIndex:
         features = self._features(norm_title)
         hits: dict[int, int] = {}
         for gram in features.ordered_grams:
-            posting = self._postings.get(gram)
-            if posting is not None and len(posting) <= MAX_POSTING_STORIES:
+            posting = self._postings.get(_gram_key(gram))
+            if posting is None:
+                continue
+            if isinstance(posting, int):
+                hits[posting] = hits.get(posting, 0) + 1
+            elif len(posting) <= MAX_POSTING_STORIES:
                 for candidate in posting:
                     hits[candidate] = hits.get(candidate, 0) + 1
         if not hits:
@@ -385,7 +396,7 @@ class StoryIndex:
             needed = self.threshold
             if len(story.sources) == 1 and source_id in story.sources:
                 needed += SAME_SOURCE_MARGIN
-            score = max(_similarity(features, member, needed) for member in story.titles)
+            score = max(_similarity(features, self._features(member), needed) for member in story.titles)
             if score >= needed and score > best_score:
                 best_id, best_score = candidate, score
         return best_id
@@ -412,11 +423,15 @@ class StoryIndex:
             story.title_keys.append(norm_title)
         if len(story.titles) < MAX_TITLES_PER_STORY:
             features = self._features(norm_title)
-            story.titles.append(features)
+            story.titles.append(norm_title)
             for gram in features.ordered_grams:
-                posting = self._postings.get(gram)
+                key = _gram_key(gram)
+                posting = self._postings.get(key)
                 if posting is None:
-                    self._postings[gram] = {story_id}
+                    self._postings[key] = story_id
+                elif isinstance(posting, int):
+                    if posting != story_id:
+                        self._postings[key] = {posting, story_id}
                 else:
                     posting.add(story_id)
 
@@ -444,19 +459,33 @@ class StoryIndex:
 
     def _drop(self, story_id: int, story: _Story) -> None:
         del self._stories[story_id]
-        for features in story.titles:
-            for gram in features.grams:
-                posting = self._postings.get(gram)
-                if posting is not None:
-                    posting.discard(story_id)
-                    if not posting:
-                        del self._postings[gram]
-        for key in story.title_keys:
-            if self._by_title.get(key) == story_id:
-                del self._by_title[key]
+        for title in story.titles:
+            for gram in self._features(title).grams:
+                key = _gram_key(gram)
+                posting = self._postings.get(key)
+                if posting is None:
+                    continue
+                if isinstance(posting, int):
+                    if posting == story_id:
+                        del self._postings[key]
+                    continue
+                posting.discard(story_id)
+                if len(posting) == 1:
+                    self._postings[key] = next(iter(posting))
+                elif not posting:
+                    del self._postings[key]
+        for title_key in story.title_keys:
+            if self._by_title.get(title_key) == story_id:
+                del self._by_title[title_key]
         for url in story.urls:
             if self._by_url.get(url) == story_id:
                 del self._by_url[url]
+
+
+def _gram_key(gram: str) -> int:
+    # A 32-bit checksum instead of the string keeps a posting near 100 bytes; a collision only
+    # adds a candidate, which the similarity then rejects.
+    return zlib.crc32(gram.encode())
 
 
 def assign(index: StoryIndex, items: Iterable[ClusterableItem], now: datetime) -> list[int]:

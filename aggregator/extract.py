@@ -7,7 +7,6 @@ import re
 from urllib.parse import urlsplit
 
 import charset_normalizer
-import trafilatura
 
 # Pages past this are cut before parsing: an article's text sits in its first megabytes,
 # and lxml's tree of a larger page costs several times its size in memory.
@@ -98,6 +97,10 @@ def extract_markdown(body: bytes, *, url: str, content_type: str | None) -> str 
     if media_type not in HTML_TYPES and not (media_type in SNIFFED_TYPES and _looks_like_html(body)):
         return None
     text = _XML_DECLARATION.sub("", decode_html(body, content_type))
+    # Imported on first use: trafilatura and lxml weigh tens of MB that a daemon without
+    # full-text fetching never needs.
+    import trafilatura
+
     tree = trafilatura.load_html(text)
     if tree is None:
         return None

@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import sqlite3
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +37,11 @@ from aggregator.settings import validate
 from aggregator.store import Store
 
 CONCURRENCY = 16
+
+
+def current_rss_mb() -> float:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * resource.getpagesize() / 2**20
 
 
 def peak_rss_mb() -> float:
@@ -85,12 +92,18 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"{args.lists} NewsNow lists and {args.feeds} feeds of {args.size} entries, SQLite at {tmp}")
 
     def report(name: str, results: list[PollResult], seconds: float, stmts: int) -> int:
+        if not results:
+            return 0
         obs = sum(r.item_count for r in results)
         errors = [r for r in results if r.status == "error"]
+        traced = ""
+        if tracemalloc.is_tracing():
+            traced = f", traced peak {tracemalloc.get_traced_memory()[1] / 2**20:.0f} MB"
+            tracemalloc.reset_peak()
         print(
-            f"  {name:<34} {len(results):>4} polls {obs:>7} obs in {seconds:6.2f}s: "
-            f"{obs / seconds:>8.0f} obs/s {len(results) / seconds:>6.0f} polls/s "
-            f"{stmts / len(results):.1f} SQL statements/poll"
+            f"  {name:<38} {len(results):>4} polls {obs:>6} obs in {seconds:5.2f}s: "
+            f"{obs / seconds:>6.0f} obs/s {len(results) / seconds:>4.0f} polls/s "
+            f"{stmts / len(results):.1f} statements/poll, RSS {current_rss_mb():.0f} MB{traced}"
             + (f"  ERRORS {len(errors)}: {errors[0].error}" if errors else "")
         )
         return obs
@@ -130,7 +143,7 @@ async def main_async(args: argparse.Namespace) -> None:
     observations = con.execute("SELECT count(*) FROM observations").fetchone()[0]
     con.close()
     size = db_path.stat().st_size
-    obs_rate = sum(o for o, _ in steady) / sum(s for _, s in steady)
+    obs_rate = sum(o for o, _ in steady) / max(sum(s for _, s in steady), 1e-9)
     print(f"steady-state lists: {obs_rate:.0f} observations/s")
     print(
         f"database: {size / 1e6:.1f} MB for {observations} observations = {size / observations:.1f} bytes/observation"
@@ -182,6 +195,8 @@ def baseline(db_path: Path, tmp: Path) -> None:
 
 
 def main() -> None:
+    if os.environ.get("BENCH_TRACEMALLOC"):
+        tracemalloc.start()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lists", type=int, default=200)
     parser.add_argument("--feeds", type=int, default=200)

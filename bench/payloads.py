@@ -15,21 +15,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from multiprocessing import Process, Queue
 from typing import Any
 
-WORDS = (
-    "暴雨 发布 回应 公布 官方 新款 手机 高考 成绩 比赛 冠军 电影 票房 股市 上涨 "
-    "政策 调整 科技 公司 城市 地铁 开通 演员 导演"
-).split()
+# 3,000 two-character words drawn from the common CJK range: titles share characters the
+# way real ones do, without every title sharing most of its bigrams with every other.
+_VOCAB_RNG = random.Random(20261201)
+WORDS = ["".join(chr(_VOCAB_RNG.randint(0x4E00, 0x62FF)) for _ in range(2)) for _ in range(3000)]
 
 
 def list_titles(source: int, round_no: int, size: int) -> list[str]:
     """Titles of source `source` in round `round_no`: 10% new and 20% moved per round."""
     rng = random.Random(source * 1_000_003)
-    titles = [f"{''.join(rng.sample(WORDS, 3))} {source}-{k}" for k in range(size)]
+    titles = [f"{''.join(rng.sample(WORDS, 5))} {source}-{k}" for k in range(size)]
     for r in range(1, round_no + 1):
         step = random.Random(source * 7919 + r)
         new_count = size // 10
         for j in step.sample(range(size), new_count):
-            titles[j] = f"{''.join(step.sample(WORDS, 3))} {source}-r{r}-{j}"
+            titles[j] = f"{''.join(step.sample(WORDS, 5))} {source}-r{r}-{j}"
         moved = step.sample(range(size), size // 5)
         values = [titles[j] for j in moved]
         step.shuffle(values)
