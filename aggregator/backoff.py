@@ -8,6 +8,8 @@ import random
 MAX_BACKOFF_S = 6 * 3600.0
 # Retry-After under this is treated as this: a server asking for "0" is not asking to be hammered.
 MIN_RETRY_AFTER_S = 5.0
+# 2 ** 40 times any interval of a second or more is far past any cap.
+MAX_DOUBLINGS = 40
 
 
 def retry_delay_s(
@@ -22,8 +24,12 @@ def retry_delay_s(
     if failures <= 0:
         return interval_s
     r: random.Random = rng or random.Random()
-    base = min(interval_s * 2.0 ** (failures - 1), cap_s)
-    delay = max(base * (0.8 + 0.4 * r.random()), min(interval_s, cap_s))
+    # The exponent stops growing long before the cap stops mattering: 2.0 ** 1024 overflows,
+    # and a source down for months has failed that many times.
+    base = min(interval_s * 2.0 ** min(failures - 1, MAX_DOUBLINGS), cap_s)
+    # Jitter takes up to a fifth off, never adds: sources that failed together spread out,
+    # and none waits longer than the cap.
+    delay = max(base * (1.0 - 0.2 * r.random()), min(interval_s, cap_s))
     if retry_after_s is not None:
         delay = max(delay, min(max(retry_after_s, MIN_RETRY_AFTER_S), cap_s))
-    return min(delay, cap_s * 1.2)
+    return min(delay, cap_s)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import math
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -63,8 +64,11 @@ TRACKING_PARAMS = frozenset(
 _TRACKING_PREFIXES = ("utm_", "hmsr", "_hs")
 
 # C0/C1 controls (but tab/newline), zero-width and bidi marks: invisible text that can
-# forge log lines or reorder what a reader sees.
-_INVISIBLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
+# forge log lines or reorder what a reader sees. Lone surrogates (JSON "\\ud800") are not
+# text at all: the database refuses to encode them.
+_INVISIBLE = re.compile(
+    r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb\ud800-\udfff]"
+)
 _SPACES = re.compile(r"\s+")
 _TOPIC_MARKS = re.compile(r"#([^#]{1,200})#")
 _EDGE_PUNCT = " \t\r\n#【】[]「」『』《》\"'“”‘’:：,，.。!！?？;；|｜-—~·…"
@@ -141,7 +145,9 @@ def parse_heat(raw: object) -> float | None:
     if raw is None or isinstance(raw, bool):
         return None
     if isinstance(raw, (int, float)):
-        return float(raw) if raw >= 0 else None
+        # JSON gives 1e400 as inf and integers too large for a float: neither is a heat.
+        value = float(raw) if isinstance(raw, float) or abs(raw) < 10**15 else math.inf
+        return value if 0 <= value < 1e15 else None
     if not isinstance(raw, str):
         return None
     text = unicodedata.normalize("NFKC", raw).translate(_FULLWIDTH).replace(",", "")
@@ -161,12 +167,39 @@ def _heat_raw_text(raw: object) -> str | None:
     return text or None
 
 
-def normalize_items(source_id: str, raw_items: Iterable[RawItem]) -> tuple[list[Item], int]:
+Identity = tuple[str, str, str, str | None, str | None, str | None]
+# What one poll's entries normalized to, keyed by their raw fields: lists repeat most of
+# their entries from one poll to the next, so the next poll of the source reuses it.
+IdentityMemo = dict[tuple[str, str | None, str | None], Identity | None]
+
+
+def _identity(source_id: str, raw_title: str, raw_url: str | None, raw_native_id: str | None) -> Identity | None:
+    """(key, title, normalized title, url, canonical url, native id), or None without a title."""
+    title = clean_text(raw_title, MAX_TITLE_CHARS)
+    if not title:
+        return None
+    url = clean_text(raw_url, MAX_URL_CHARS + 1) if raw_url else None
+    if url is not None and len(url) > MAX_URL_CHARS:
+        url = None  # cut short it would point somewhere else
+    canon = canonical_url(url)
+    norm = normalize_title(title)
+    native_id = clean_text(raw_native_id, 200) if raw_native_id else None
+    key = item_key(source_id, native_id or canon or norm)
+    return key, title, norm, url if canon else None, canon, native_id
+
+
+def normalize_items(
+    source_id: str, raw_items: Iterable[RawItem], memo: IdentityMemo | None = None
+) -> tuple[list[Item], int]:
     """RawItems → Items ranked by list position; returns (items, dropped_count).
 
     Entries without a usable title are dropped (counted); so are repeats of a key
-    already in this list (a platform listing one entry twice).
+    already in this list (a platform listing one entry twice). `memo`, when given, holds
+    the previous poll's identities on entry and this poll's on return.
     """
+    previous = dict(memo) if memo is not None else {}
+    if memo is not None:
+        memo.clear()
     items: list[Item] = []
     seen: set[str] = set()
     dropped = 0
@@ -174,15 +207,20 @@ def normalize_items(source_id: str, raw_items: Iterable[RawItem]) -> tuple[list[
         if len(items) >= MAX_ITEMS:
             dropped += 1
             continue
-        title = clean_text(raw.title, MAX_TITLE_CHARS) if isinstance(raw.title, str) else ""
-        if not title:
+        if not isinstance(raw.title, str):
             dropped += 1
             continue
-        url = clean_text(raw.url, MAX_URL_CHARS) if raw.url else None
-        canon = canonical_url(url)
-        norm = normalize_title(title)
-        native_id = clean_text(raw.native_id, 200) if raw.native_id else None
-        key = item_key(source_id, native_id or canon or norm)
+        raw_key = (raw.title, raw.url, raw.native_id)
+        if raw_key in previous:
+            identity = previous[raw_key]
+        else:
+            identity = _identity(source_id, raw.title, raw.url, raw.native_id)
+        if memo is not None:
+            memo[raw_key] = identity
+        if identity is None:
+            dropped += 1
+            continue
+        key, title, norm, url, canon, native_id = identity
         if key in seen:
             dropped += 1
             continue
@@ -194,7 +232,7 @@ def normalize_items(source_id: str, raw_items: Iterable[RawItem]) -> tuple[list[
                 source_id=source_id,
                 title=title,
                 norm_title=norm,
-                url=url if canon else None,
+                url=url,
                 canonical_url=canon,
                 rank=raw.rank if raw.rank is not None and raw.rank > 0 else len(items) + 1,
                 heat=parse_heat(raw.heat_raw),

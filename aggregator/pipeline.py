@@ -21,11 +21,18 @@ from aggregator.dedupe import DEFAULT_THRESHOLD, StoryIndex
 from aggregator.errors import CollectError, StoreError
 from aggregator.export import ExportDoc, write_export
 from aggregator.models import Collected, Item, PollResult, SourceState
-from aggregator.normalize import normalize_items, normalize_title
+from aggregator.normalize import IdentityMemo, normalize_items, normalize_title
 from aggregator.settings import Settings, SourceSettings
 from aggregator.store import ActiveItem, PollWrite, PollWritten, SourceUpdate, Store
 
 log = logging.getLogger("aggregator.poll")
+
+# The daemon abandons a poll at `interval × daemon.poll_deadline_fraction` (at least 1 s).
+# The collect step ends this much earlier (a tenth of the deadline, at least a second or
+# half of it), so a slow source ends as a recorded timeout that backs off, with time left
+# to write it, instead of vanishing unrecorded.
+COLLECT_MARGIN_SHARE = 0.1
+COLLECT_MARGIN_MIN_S = 1.0
 
 Clock = Callable[[], datetime]
 
@@ -103,6 +110,7 @@ class PollContext:
     stories: StoryAssigner
     states: dict[str, SourceState] = field(default_factory=dict)
     failures: dict[str, int] = field(default_factory=dict)
+    identities: dict[str, IdentityMemo] = field(default_factory=dict)  # per source, its last poll's
     instance: str = ""
     writes: set[asyncio.Task[PollWritten]] = field(default_factory=set)
     # Clustering and writing one poll is one step: a poll must see the stories that the
@@ -193,13 +201,29 @@ async def _fail(
     )
 
 
+def poll_deadline_s(source: SourceSettings, settings: Settings) -> float:
+    """How long one poll of `source` may take: a fraction of its interval, at least a second."""
+    return max(source.interval_s * settings.daemon.poll_deadline_fraction, 1.0)
+
+
+def collect_deadline_s(source: SourceSettings, settings: Settings) -> float:
+    poll_deadline_s_ = poll_deadline_s(source, settings)
+    margin_s = max(poll_deadline_s_ * COLLECT_MARGIN_SHARE, min(COLLECT_MARGIN_MIN_S, poll_deadline_s_ / 2))
+    return poll_deadline_s_ - margin_s
+
+
 async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
     """Poll one source once and record the outcome; never raises for the source's faults."""
     state = ctx.states.setdefault(source.id, SourceState())
     collect = ctx.collectors[source.kind]
     started = ctx.clock()
+    deadline_s = collect_deadline_s(source, ctx.settings)
     try:
-        collected = await collect(ctx.fetcher, source, state)
+        async with asyncio.timeout(deadline_s):
+            collected = await collect(ctx.fetcher, source, state)
+    except TimeoutError:
+        message = f"no list within the poll's deadline of {deadline_s:g}s"
+        return await _fail(ctx, source, started, "timeout", message, None, None)
     except CollectError as exc:
         return await _fail(ctx, source, started, exc.kind, str(exc), exc.http_status, exc.retry_after_s)
     except Exception as exc:  # a bug in one collector must not stop the others
@@ -214,7 +238,7 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
     story_ids: list[int] = []
     write: list[bool] = []
     if not collected.not_modified:
-        items, bad = normalize_items(source.id, collected.items)
+        items, bad = normalize_items(source.id, collected.items, ctx.identities.setdefault(source.id, {}))
         dropped += bad
         if collected.items and not items:
             return await _fail(
@@ -248,11 +272,14 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
         try:
             written = await _write(ctx, w)
         except StoreError as exc:
-            log.warning("poll %s: %s", source.id, exc)
-            return PollResult(
-                source.id, None, "error", started, finished, collected.http_status, 0, 0, dropped, "store", str(exc)
-            )
-        ctx.stories.commit(items, story_ids, written, finished)
+            refused: StoreError | None = exc
+        else:
+            refused = None
+            ctx.stories.commit(items, story_ids, written, finished)
+    if refused is not None:
+        # A full disk or a locked database: the source backs off like any failure, and
+        # the list it had stays the current one.
+        return await _fail(ctx, source, started, "store", str(refused), collected.http_status, None, dropped)
     state.etag, state.last_modified = collected.etag, collected.last_modified
     if collected.cookies:
         state.cookies.update(collected.cookies)
@@ -261,15 +288,17 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
     ctx.failures[source.id] = 0
     seconds = (finished - started).total_seconds()
     if collected.not_modified:
-        log.info("poll %s not modified (%.2fs)", source.id, seconds)
+        log.info("poll %s not modified (%.2fs) [poll %d]", source.id, seconds, written.poll_id)
     else:
+        # Logged once committed; the poll id lets a crash test check each of these is in the store.
         log.info(
-            "poll %s ok: %d items (%d new, %d dropped) in %.2fs",
+            "poll %s ok: %d items (%d new, %d dropped) in %.2fs [poll %d]",
             source.id,
             len(items),
             written.new_count,
             dropped,
             seconds,
+            written.poll_id,
         )
     return PollResult(
         source.id,

@@ -14,15 +14,40 @@ from typing import Any
 
 import feedparser
 
-from aggregator.collectors.fetch import Fetcher, FetchResponse, decode_json, fetch, looks_blocked, parsing
+from aggregator.collectors.fetch import (
+    Fetcher,
+    FetchResponse,
+    decode_json,
+    decode_text,
+    fetch,
+    looks_blocked,
+    parsing,
+)
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
 
 # A DOCTYPE with an internal subset or any ENTITY declaration is how billion-laughs and
-# external-entity attacks arrive; real feeds have no use for them.
-_DTD_ATTACK = re.compile(rb"<!DOCTYPE[^>]*\[|<!ENTITY", re.I)
+# external-entity attacks arrive; real feeds have no use for them. Looked for in the
+# decoded text, anywhere in it: in the bytes, UTF-16 or UTF-7 would hide it.
+_DTD_ATTACK = re.compile(r"<!DOCTYPE[^>]*\[|<!ENTITY", re.I)
 _FEED_ROOT = re.compile(rb"<(rss|feed|rdf:RDF|RDF|channel)[\s>]", re.I)
+_XML_ENCODING = re.compile(r"""^(\s*<\?xml[^>]*?\bencoding\s*=\s*)(["'])[^"']*\2""", re.I)
+_XML_ENCODING_BYTES = re.compile(rb"""^\s*<\?xml[^>]*?\bencoding\s*=\s*["']([A-Za-z0-9._:-]+)["']""", re.I)
+_BOMS = (
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xff\xfe", "utf-16-le"),
+    (b"\xfe\xff", "utf-16-be"),
+)
+# `<?` in UTF-16 and UTF-32 without a byte order mark (XML 1.0 appendix F).
+_NUL_PATTERNS = (
+    (b"\x00\x00\x00<", "utf-32-be"),
+    (b"<\x00\x00\x00", "utf-32-le"),
+    (b"\x00<\x00?", "utf-16-be"),
+    (b"<\x00?\x00", "utf-16-le"),
+)
 
 
 def _when(entry: Any) -> datetime | None:
@@ -71,17 +96,33 @@ def _json_feed(response: FetchResponse) -> list[RawItem]:
     return items
 
 
-def parse(response: FetchResponse) -> list[RawItem]:
+def _feed_text(response: FetchResponse) -> str:
+    """The feed as text: byte order mark, then HTTP charset, then the XML declaration."""
     body = response.body
-    stripped = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    for mark, codec in _BOMS:
+        if body.startswith(mark):
+            return decode_text(body[len(mark) :], codec, "feed")
+    for pattern, codec in _NUL_PATTERNS:
+        if body.startswith(pattern):
+            return decode_text(body, codec, "feed")
+    declared = _XML_ENCODING_BYTES.match(body)
+    return decode_text(body, response.charset or (declared.group(1).decode() if declared else None), "feed")
+
+
+def parse(response: FetchResponse) -> list[RawItem]:
+    stripped = response.body.lstrip(b"\xef\xbb\xbf \t\r\n")
     if response.content_type in ("application/feed+json", "application/json") or stripped[:1] == b"{":
         return _json_feed(response)
     if not stripped:
         raise ParseError("empty body where a feed was expected", kind="empty")
-    if _DTD_ATTACK.search(body[:65536]):
+    text = _feed_text(response)
+    if _DTD_ATTACK.search(text):
         raise ParseError("feed declares a DOCTYPE subset or ENTITY: refused before parsing", kind="parse")
+    # feedparser gets UTF-8 that says so: left to guess, it falls back to windows-1252
+    # and GBK titles come out as mojibake.
+    body = _XML_ENCODING.sub(r"\1\2utf-8\2", text.lstrip("\ufeff"), count=1).encode("utf-8")
     headers = {
-        "content-type": response.headers.get("content-type", "application/xml"),
+        "content-type": f"{response.content_type or 'application/xml'}; charset=utf-8",
         "content-location": response.url,
     }
     parsed = feedparser.parse(body, response_headers=headers, sanitize_html=True, resolve_relative_uris=True)

@@ -35,6 +35,12 @@ from aggregator.errors import FetchError, ParseError
 from aggregator.settings import HttpSettings
 
 MAX_REDIRECTS = 5
+# What a source is configured with is for its own host: a redirect to another host gets
+# none of it, and what that host sets is not kept for the source.
+_CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+# Chinese sites often serve GBK while saying (or defaulting to) UTF-8; GB18030 is the
+# superset that reads GB2312 and GBK bytes alike.
+_GB_CHARSETS = frozenset({"gb2312", "gbk", "x-gbk", "gb18030", "cp936"})
 # Retry-After beyond this is a server asking us to go away for good; we come back anyway.
 MAX_RETRY_AFTER_S = 6 * 3600.0
 _CHARSET = re.compile(r"charset=[\"']?([\w.:-]+)", re.I)
@@ -143,17 +149,23 @@ class _Decoder:
         else:
             raise FetchError(f"unsupported Content-Encoding {encoding!r}", kind="network")
 
-    def feed(self, chunk: bytes, limit: int) -> bytes:
+    def feed(self, chunk: bytes, limit: int) -> bytes | None:
+        """The decoded bytes of `chunk`, or None when they would be more than `limit`."""
         if self._z is None:
             return chunk
         try:
             out = self._z.decompress(chunk, limit + 1)
             if self._z.unconsumed_tail:
                 # More output waits than the cap allows: stop here without inflating it.
-                raise FetchError(f"decoded body larger than {limit} more bytes", kind="too_large")
+                return None
             return bytes(out)
         except zlib.error as exc:
             raise FetchError(f"corrupt compressed body: {exc}", kind="network") from exc
+
+    def finish(self) -> None:
+        """The body ended: a compressed stream cut short is a truncated response, not a list."""
+        if self._z is not None and not self._z.eof:
+            raise FetchError("compressed body ends before its end marker (truncated response)", kind="network")
 
 
 def _cookie_header(cookies: Mapping[str, str]) -> str:
@@ -237,6 +249,7 @@ async def _fetch(
     jar = dict(cookies or {})
     set_cookies: dict[str, str] = {}
     seen: set[str] = set()
+    home = urlsplit(url).hostname
     for _hop in range(MAX_REDIRECTS + 1):
         if urlsplit(url).scheme not in ("http", "https"):
             raise FetchError(f"refusing non-HTTP URL scheme in {url[:100]!r}", kind="blocked")
@@ -245,8 +258,9 @@ async def _fetch(
         if url in seen:
             raise FetchError(f"redirect loop at {url[:200]}", kind="redirect_loop")
         seen.add(url)
-        hop_headers = dict(request_headers)
-        if jar:
+        at_home = urlsplit(url).hostname == home
+        hop_headers = {k: v for k, v in request_headers.items() if at_home or k.lower() not in _CREDENTIAL_HEADERS}
+        if jar and at_home:
             hop_headers["Cookie"] = _cookie_header(jar)
         async with fetcher.host_limit(url):
             try:
@@ -260,9 +274,10 @@ async def _fetch(
                     peer = stream.get_extra_info("server_addr") if stream is not None else None
                     if peer:
                         check_peer(urlsplit(url).hostname or "", str(peer[0]))
-                new_cookies = _parse_set_cookies(response.headers)
-                set_cookies.update(new_cookies)
-                jar.update(new_cookies)
+                if at_home:
+                    new_cookies = _parse_set_cookies(response.headers)
+                    set_cookies.update(new_cookies)
+                    jar.update(new_cookies)
                 if response.status_code in (301, 302, 303, 307, 308):
                     location = response.headers.get("location")
                     if not location:
@@ -278,6 +293,9 @@ async def _fetch(
                 _raise_for_status(response)
                 body = await _read_capped(response, cap)
                 return FetchResponse(response.status_code, url, dict(response.headers), body, set_cookies)
+            except httpx.HTTPError as exc:
+                # Reading the body fails in its own ways: a reset, a short body, a read timeout.
+                raise _classify(exc) from exc
             finally:
                 await response.aclose()
     raise FetchError(f"more than {MAX_REDIRECTS} redirects", kind="redirect_loop")
@@ -315,19 +333,61 @@ async def _read_capped(response: httpx.Response, cap: int) -> bytes:
         if wire > cap:
             raise FetchError(f"body over the {cap}-byte cap", kind="too_large", http_status=response.status_code)
         decoded = decoder.feed(chunk, cap - size)
-        size += len(decoded)
-        if size > cap:
+        size += len(decoded) if decoded is not None else cap + 1
+        if decoded is None or size > cap:
             raise FetchError(
-                f"decoded body over the {cap}-byte cap", kind="too_large", http_status=response.status_code
+                f"decoded body over the {cap}-byte cap after {wire} bytes on the wire",
+                kind="too_large",
+                http_status=response.status_code,
             )
         parts.append(decoded)
+    decoder.finish()
     return b"".join(parts)
 
 
 def looks_blocked(body: bytes) -> bool:
-    """An anti-bot wall, captcha or login page instead of the content."""
-    head = body[:16384].decode("utf-8", "replace").lower()
+    """An anti-bot wall, captcha or login page instead of the content (UTF-8 or GBK)."""
+    sample = body[:16384]
+    head = sample.decode("utf-8", "replace").lower()
+    if "\ufffd" in head:
+        head += sample.decode("gb18030", "replace").lower()
     return any(marker in head for marker in _BLOCKED_MARKERS)
+
+
+def _codec(label: str | None) -> str:
+    name = (label or "utf-8").strip().lower()
+    if name in _GB_CHARSETS:
+        return "gb18030"
+    try:
+        b"a".decode(name)  # refuses labels Python lacks and codecs that are not text (base64, zlib)
+    except LookupError:
+        return "utf-8"
+    except UnicodeDecodeError:
+        pass  # a text codec that needs more than one byte (UTF-16, UTF-32)
+    return name
+
+
+def decode_text(body: bytes, charset: str | None, what: str) -> str:
+    """`body` as text: UTF-8 when it is valid UTF-8, else its declared charset, else GB18030.
+
+    Valid UTF-8 wins over a declared charset because a label is often wrong (a server's
+    default ISO-8859-1, GBK in a template) and text in another charset is almost never
+    valid UTF-8. A body that decodes as none of them is a ParseError: decoded with a
+    codec it was not written in, it would be stored as mojibake.
+    """
+    codec = _codec(charset)
+    if not codec.startswith(("utf-16", "utf-32", "utf_16", "utf_32")):
+        with contextlib.suppress(UnicodeDecodeError):
+            return body.decode("utf-8")
+    try:
+        return body.decode(codec)
+    except UnicodeDecodeError as exc:
+        failure = exc
+    if codec != "gb18030":
+        with contextlib.suppress(UnicodeDecodeError):
+            return body.decode("gb18030")
+    bad = body[failure.start : failure.start + 4]
+    raise ParseError(f"{what} is neither valid {codec} nor GB18030 (bytes {bad!r} at {failure.start})", kind="parse")
 
 
 def decode_json(response: FetchResponse, what: str) -> Any:
@@ -342,9 +402,14 @@ def decode_json(response: FetchResponse, what: str) -> Any:
         shown = title.group(1).decode("utf-8", "replace").strip() if title else "untitled"
         raise ParseError(f"an HTML page ({shown!r}) where {what} JSON was expected", kind="parse")
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ParseError(f"{what} body is not valid JSON: {exc}", kind="parse") from exc
+        try:
+            return json.loads(body)
+        except UnicodeDecodeError:
+            return json.loads(decode_text(body, response.charset, f"{what} body"))
+    except RecursionError:
+        raise ParseError(f"{what} body nests too deep to be a list", kind="parse") from None
+    except ValueError as exc:  # JSONDecodeError, and integers longer than Python converts
+        raise ParseError(f"{what} body is not valid JSON: {str(exc)[:200]}", kind="parse") from exc
 
 
 @contextlib.contextmanager

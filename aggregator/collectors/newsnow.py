@@ -32,6 +32,10 @@ def parse(response: FetchResponse) -> tuple[list[RawItem], int]:
     entries = data.get("items")
     if not isinstance(entries, list):
         raise ParseError("NewsNow field 'items' is missing or not a list", kind="schema")
+    if not entries:
+        # A hot list is never empty: NewsNow answers this way when its own fetch failed, and
+        # storing it would replace the current list with nothing.
+        raise ParseError("NewsNow answered with an empty list", kind="empty")
     items: list[RawItem] = []
     dropped = 0
     for entry in entries:
@@ -51,7 +55,7 @@ def parse(response: FetchResponse) -> tuple[list[RawItem], int]:
                 summary=_text(extra.get("hover")),
             )
         )
-    if entries and not items:
+    if not items:
         raise ParseError(f"none of the {len(entries)} NewsNow items has a title", kind="schema")
     return items, dropped
 
