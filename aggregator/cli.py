@@ -1,4 +1,4 @@
-"""The `aggregator` command line: run, sources, top, db upgrade."""
+"""The `aggregator` command line: run, sources, top, export, health, db upgrade|backup|check."""
 
 from __future__ import annotations
 
@@ -51,9 +51,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("seed", "json", "csv"), help="default [export] format")
     export.add_argument("--fetch", action="store_true", help="fetch the full text of due pages first")
 
+    health = sub.add_parser("health", help="exit 0 when the daemon's heartbeat is fresh, else 1 with the reason")
+    health.add_argument("--instance", metavar="NAME", help="judge this instance (default [daemon] instance_id or host)")
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply pending migrations")
+    backup = db_sub.add_parser("backup", help="a consistent copy of the live SQLite store, checked")
+    backup.add_argument("path", metavar="PATH", help="file to write, or a directory for a dated file")
+    backup.add_argument("--force", action="store_true", help="replace PATH when it exists")
+    check = db_sub.add_parser("check", help="integrity check and schema version (read-only)")
+    check.add_argument("--quick", action="store_true", help="PRAGMA quick_check instead of integrity_check")
     return p
 
 
@@ -96,8 +104,28 @@ async def _open_store(settings: Settings) -> Any:
     )
 
 
+def _source_health(row: dict[str, Any], now: datetime, zone: ZoneInfo) -> str:
+    """ok / failing since T / backing off until T, from a sources_status row."""
+    if not row["enabled"]:
+        return "disabled"
+    if row["last_poll_at"] is None:
+        return "not polled yet"
+    if not row["consecutive_failures"]:
+        return "ok"
+    due = row["next_attempt_at"]
+    if due is not None and due > now:
+        return f"backing off until {_local(due, zone)}"
+    return f"failing since {_local(row['failing_since'] or row['last_error_at'], zone)}"
+
+
+def _one_line(text: str, limit: int) -> str:
+    # Upstream text (a reason phrase, a parser message) must not break the table or the terminal.
+    flat = "".join(ch if ch.isprintable() else " " for ch in text)
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
-    from datetime import timedelta
+    from datetime import UTC, timedelta
 
     store = await _open_store(settings)
     try:
@@ -105,7 +133,11 @@ async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
     finally:
         await store.close()
     zone = settings.display.zone
-    print(f"{'id':<22} {'kind':<8} {'every':>6}  {'last success':<19}  {'next due':<19}  last error")
+    now = datetime.now(UTC)
+    print(
+        f"{'id':<22} {'kind':<8} {'every':>6}  {'health':<37}  {'last success':<19}  {'next due':<19}  "
+        f"{'held by':<16}  last error"
+    )
     configured = {s.id for s in settings.sources}
     for r in rows:
         if r["id"] not in configured:
@@ -118,11 +150,15 @@ async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
         if r["last_error_at"] is not None and (
             r["last_success_at"] is None or r["last_error_at"] > r["last_success_at"]
         ):
-            error = f"{r['last_error_kind']}: {r['last_error']} (x{r['consecutive_failures']})"
-        state = "" if r["enabled"] else " (disabled)"
+            since = r["failing_since"] or r["last_error_at"]
+            error = (
+                f"{r['last_error_kind']}: {_one_line(r['last_error'] or '', 200)} "
+                f"(x{r['consecutive_failures']} since {_local(since, zone)})"
+            )
         print(
-            f"{r['id']:<22} {r['kind']:<8} {every:>6}  {_local(r['last_success_at'], zone):<19}  "
-            f"{_local(due, zone):<19}  {error}{state}"
+            f"{r['id']:<22} {r['kind']:<8} {every:>6}  {_source_health(r, now, zone):<37}  "
+            f"{_local(r['last_success_at'], zone):<19}  {_local(due, zone):<19}  "
+            f"{pad(r['lease_owner'] or '-', 16)}  {error}"
         )
     return EXIT_OK
 
@@ -212,12 +248,91 @@ async def _cmd_history(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    if args.db_command == "backup":
+        return await _cmd_db_backup(settings, args)
+    if args.db_command == "check":
+        return await _cmd_db_check(settings, args)
     from aggregator.store.engine import head_revision
 
     store = await _open_store(settings)
     await store.close()
     print(f"database is at schema revision {head_revision()}")
     return EXIT_OK
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB"
+
+
+async def _cmd_health(settings: Settings, args: argparse.Namespace) -> int:
+    import socket
+    from datetime import UTC
+
+    from aggregator.health import choose_heartbeat, decide
+    from aggregator.store.maintenance import HEALTH_BUSY_TIMEOUT_S, inspect_health
+
+    busy_s = min(settings.store.busy_timeout, HEALTH_BUSY_TIMEOUT_S)
+    try:
+        beats, problem = await inspect_health(settings.store.effective_url, busy_timeout_s=busy_s)
+    except StoreError as exc:
+        # Exit 1, never 2: container runtimes read 1 as unhealthy and reserve 2.
+        print(f"unhealthy: {exc}")
+        return EXIT_FAILED
+    beat = choose_heartbeat(beats, args.instance or settings.daemon.instance_id, socket.gethostname())
+    ok, reason = decide(beat, datetime.now(UTC), settings.health.stale_after, problem)
+    print(reason if ok else f"unhealthy: {reason}")
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _cmd_db_backup(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import UTC
+    from pathlib import Path
+
+    from aggregator.store.engine import sqlite_path
+    from aggregator.store.maintenance import backup_sqlite, backup_target
+
+    live = sqlite_path(settings.store.effective_url)
+    if live is None:
+        raise ConfigError("store.url", "db backup copies a SQLite store; back up PostgreSQL with pg_dump")
+    dest = backup_target(Path(args.path), datetime.now(UTC))
+    report = await asyncio.to_thread(
+        backup_sqlite, live, dest, overwrite=args.force, busy_timeout_s=settings.store.busy_timeout
+    )
+    if not report.ok:
+        print(f"aggregator: the copy of {live} failed quick_check and was removed: {'; '.join(report.problems[:3])}")
+        return EXIT_FAILED
+    print(
+        f"backup of {live} written to {report.path}: {_mib(report.size_bytes)}, schema revision {report.revision}, "
+        f"{report.poll_count} polls (last id {report.last_poll_id}), quick_check ok, {report.seconds:.1f}s"
+    )
+    return EXIT_OK
+
+
+async def _cmd_db_check(settings: Settings, args: argparse.Namespace) -> int:
+    from aggregator.store.maintenance import check_database
+
+    report = await check_database(
+        settings.store.effective_url, quick=args.quick, busy_timeout_s=settings.store.busy_timeout
+    )
+    if report.path is not None:
+        print(f"database: {report.path} ({_mib(report.size_bytes)}, WAL {_mib(report.wal_bytes)})")
+    if report.revision == report.head:
+        state = "up to date"
+    elif report.revision is None:
+        state = "empty: `aggregator db upgrade` creates the schema"
+    else:
+        state = "older: `aggregator db upgrade` (or `run`) migrates it"
+    print(f"schema revision: {report.revision or '-'} (this aggregator's head: {report.head}, {state})")
+    if not report.check:
+        print("integrity check: not available on PostgreSQL (use amcheck or pg_dump)")
+        return EXIT_OK
+    print(f"{report.check}: {'ok' if not report.problems else report.problems[0]}")
+    for problem in report.problems[1:10]:
+        print(f"  {problem}")
+    if report.check == "integrity_check":
+        violations = report.foreign_key_violations
+        print(f"foreign_key_check: {'ok' if not violations else f'{violations} rows refer to missing rows'}")
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 async def _cmd_export(settings: Settings, args: argparse.Namespace) -> int:
@@ -256,6 +371,7 @@ COMMANDS = {
     "history": _cmd_history,
     "export": _cmd_export,
     "db": _cmd_db,
+    "health": _cmd_health,
 }
 
 
@@ -267,9 +383,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"aggregator: settings error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    setup_logging(
-        args.log_level or settings.log.level, args.log_format or settings.log.format, settings.daemon.instance_id
-    )
+    instance = settings.daemon.instance_id
+    if args.command == "run":
+        from aggregator.daemon import instance_id
+
+        instance = instance_id(settings)
+    setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format, instance)
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
     except ConfigError as exc:

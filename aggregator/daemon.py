@@ -10,6 +10,7 @@ the grace time or cancel them, wait for their writes, then close the store.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
@@ -22,21 +23,35 @@ from pathlib import Path
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from aggregator.backoff import retry_delay_s
 from aggregator.collectors import COLLECTORS
 from aggregator.collectors.fetch import make_fetcher
 from aggregator.errors import ConfigError, StoreError
 from aggregator.fulltext import run_fulltext
+from aggregator.health import Heartbeat
 from aggregator.models import PollResult
-from aggregator.pipeline import PollContext, StoryAssigner, export_top, poll_source
+from aggregator.pipeline import PollContext, StoryAssigner, export_top, poll_deadline_s, poll_source
 from aggregator.settings import Settings, SourceSettings
 from aggregator.store import Store
 from aggregator.store.engine import sqlite_path
 from aggregator.store.lock import DaemonLock
+from aggregator.store.maintenance import apply_retention, write_heartbeat
+from aggregator.watchdog import start_watchdog
 
 log = logging.getLogger("aggregator.daemon")
 
+# A claimed source is not due again before this fraction of its interval (and a fleet
+# job before this fraction of its period): less than 1 so the instances' jitter does
+# not make a poll miss its interval, near 1 so nobody polls twice within one.
+LEASE_FRACTION = 0.9
 # `run --once` polls this many sources at a time.
 ONCE_CONCURRENCY = 8
+# The first retention run waits this long after start (at most `retention.every`): a
+# daemon that restarts often should not prune on the way up, when polls are due.
+RETENTION_FIRST_DELAY_S = 600.0
+# A heartbeat write gives up after this long: a store that is down (PostgreSQL gone, a
+# SQLite lock held) must not hold up a shutdown; the beat only goes stale.
+HEARTBEAT_TIMEOUT_S = 5.0
 
 
 def utc_now() -> datetime:
@@ -128,6 +143,7 @@ class Daemon:
         self.stop_event = asyncio.Event()
         self.inflight: set[asyncio.Task[object]] = set()
         self._backed_off: dict[str, bool] = {}
+        self._index_refreshed_at = utc_now()
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.ctx: PollContext | None = None
 
@@ -141,7 +157,9 @@ class Daemon:
         self.inflight.add(task)
         try:
             # A poll never outlives its interval: a hung one would block its source forever.
-            deadline = max(source.interval_s * self.settings.daemon.poll_deadline_fraction, 1.0)
+            deadline = poll_deadline_s(source, self.settings)
+            if self.settings.daemon.leases and not await self._claim(source):
+                return
             try:
                 async with asyncio.timeout(deadline):
                     result = await poll_source(self.ctx, source)
@@ -157,21 +175,72 @@ class Daemon:
                 job.modify(next_run_time=utc_now() + timedelta(seconds=source.interval_s))
             if result.status == "error":
                 self._backed_off[source.id] = True
+        except asyncio.CancelledError:
+            if not self.stop_event.is_set():
+                raise
+            # The shutdown cancelled it on purpose; a write under way still finishes.
+            log.info("poll %s cancelled by the shutdown", source.id)
         finally:
             self.inflight.discard(task)
+
+    async def _claim(self, source: SourceSettings) -> bool:
+        """Take this interval's poll of `source` for this instance (see Store.claim_source)."""
+        assert self.ctx is not None
+        now = utc_now()
+        # Not due again before most of an interval has passed: the slack absorbs the
+        # instances' jitter; a crashed holder's claim lapses within one interval.
+        due = now + timedelta(seconds=source.interval_s * LEASE_FRACTION)
+        try:
+            claimed = await self.ctx.store.claim_source(source.id, self.ctx.instance, now, due)
+        except StoreError as exc:
+            failures = self.ctx.failures.get(source.id, 0) + 1
+            self.ctx.failures[source.id] = failures
+            delay = retry_delay_s(source.interval_s, failures)
+            log.warning("poll %s: %s; next try in %.0fs", source.id, exc, delay)
+            job = self.scheduler.get_job(source.id)
+            if job is not None:
+                job.modify(next_run_time=utc_now() + timedelta(seconds=delay))
+                self._backed_off[source.id] = True
+            return False
+        if not claimed:
+            log.debug("poll %s skipped: another instance polled it this interval", source.id)
+        return claimed
+
+    async def _fleet_job(self, name: str, every_s: float) -> bool:
+        """Whether this instance runs the fleet-wide job `name` this period."""
+        assert self.ctx is not None
+        if not self.settings.daemon.leases:
+            return True
+        now = utc_now()
+        try:
+            return await self.ctx.store.claim_job(
+                name, self.ctx.instance, now, now + timedelta(seconds=every_s * LEASE_FRACTION)
+            )
+        except StoreError as exc:
+            log.warning("%s: %s", name, exc)
+            return False
 
     async def _rescore_job(self) -> None:
         assert self.ctx is not None
         now = utc_now()
         try:
-            count = await self.ctx.store.rescore(now, self.settings.score)
+            # Items other instances started since the last run join this one's story index.
+            fresh = await self.ctx.store.items_since(self._index_refreshed_at)
+            self._index_refreshed_at = now - timedelta(seconds=self.settings.daemon.rescore_every)
+            self.ctx.stories.load([a for a in fresh if a.item_id not in self.ctx.stories.known])
             self.ctx.stories.expire(now)
-            log.debug("rescored %d stories", count)
+            if await self._fleet_job("rescore", self.settings.daemon.rescore_every):
+                count = await self.ctx.store.rescore(now, self.settings.score)
+                log.debug("rescored %d stories", count)
+        except StoreError as exc:
+            log.warning("rescore: %s", exc)
         except Exception:
             log.exception("rescore failed")
 
     async def _fulltext_job(self) -> None:
         assert self.ctx is not None
+        if not await self._fleet_job("fulltext", self.settings.fulltext.every):
+            return
         try:
             await run_fulltext(
                 self.ctx.store, self.ctx.fetcher, self.settings.fulltext, utc_now(), fulltext_sources(self.settings)
@@ -181,6 +250,8 @@ class Daemon:
 
     async def _export_job(self) -> None:
         assert self.ctx is not None
+        if not await self._fleet_job("export", self.settings.export.every):
+            return
         out = Path(self.settings.export.dir)
         try:
             written = await export_top(
@@ -190,12 +261,57 @@ class Daemon:
         except (OSError, ValueError, StoreError) as exc:
             log.warning("export to %s failed: %s", out, exc)
 
-    def _schedule(self, sources: Sequence[SourceSettings], last_polls: dict[str, datetime | None]) -> None:
+    async def _heartbeat(self, source_ids: Sequence[str], running: bool) -> None:
+        assert self.ctx is not None
+        failing = sum(1 for sid in source_ids if self.ctx.failures.get(sid, 0) > 0)
+        beat = Heartbeat(utc_now(), self.ctx.instance, os.getpid(), running, len(source_ids), failing)
+        try:
+            # A beat of the job that reaches the store after a stop began must not
+            # overwrite the final "stopped" beat.
+            async with asyncio.timeout(HEARTBEAT_TIMEOUT_S):
+                await write_heartbeat(self.ctx.store, beat, skip_if=self.stop_event.is_set if running else None)
+        except TimeoutError:
+            log.warning("heartbeat: the store did not take it within %.0fs", HEARTBEAT_TIMEOUT_S)
+        except StoreError as exc:
+            log.warning("heartbeat: %s", exc)
+
+    async def _heartbeat_job(self, source_ids: Sequence[str]) -> None:
+        # Cancelled by the scheduler's shutdown: the final beat follows, nothing to report.
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._heartbeat(source_ids, running=True)
+
+    async def _retention_job(self) -> None:
+        assert self.ctx is not None
+        if not await self._fleet_job("retention", self.settings.retention.every):
+            return
+        try:
+            report = await apply_retention(
+                self.ctx.store, self.settings.retention, utc_now(), stop=self.stop_event.is_set
+            )
+            log.info("retention: %s", report.summary())
+        except asyncio.CancelledError:
+            # The scheduler's shutdown cancels running jobs: the batch in progress rolls
+            # back and the rest waits for the next run.
+            log.info("retention interrupted by the shutdown")
+        except StoreError as exc:
+            log.warning("retention failed: %s", exc)
+        except Exception:
+            log.exception("retention failed")
+
+    def _schedule(
+        self,
+        sources: Sequence[SourceSettings],
+        last_polls: dict[str, datetime | None],
+        retry_at: dict[str, datetime | None] | None = None,
+    ) -> None:
         now = utc_now()
         due_index = 0
         for source in sources:
             last = last_polls.get(source.id)
             first = last + timedelta(seconds=source.interval_s) if last is not None else now
+            backoff_until = (retry_at or {}).get(source.id)
+            if backoff_until is not None and backoff_until > first:
+                first = backoff_until  # a failing source keeps its backoff (or Retry-After) across restarts
             if first <= now:
                 # Due already: spread the backlog so a restart does not poll everything at once.
                 spread = min(self.settings.daemon.startup_spread, source.interval_s)
@@ -249,6 +365,28 @@ class Daemon:
             misfire_grace_time=max(1, int(every / 2)),
             next_run_time=now + timedelta(seconds=min(every, 5.0)),
         )
+        beat_every = self.settings.health.heartbeat_every
+        self.scheduler.add_job(
+            self._heartbeat_job,
+            IntervalTrigger(seconds=beat_every, timezone=UTC),
+            args=[tuple(s.id for s in sources)],
+            id="heartbeat",
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(beat_every / 2)),
+            next_run_time=now + timedelta(seconds=beat_every),
+        )
+        retention = self.settings.retention
+        if retention.every > 0:
+            self.scheduler.add_job(
+                self._retention_job,
+                IntervalTrigger(seconds=retention.every, timezone=UTC),
+                id="retention",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=max(1, int(retention.every / 2)),
+                next_run_time=now + timedelta(seconds=min(retention.every, RETENTION_FIRST_DELAY_S)),
+            )
 
     async def run(self, source_ids: Sequence[str] | None = None) -> int:
         settings = self.settings
@@ -267,11 +405,16 @@ class Daemon:
                 self.ctx = await open_context(settings, store)
                 states = await store.source_states()
                 last_polls = {sid: st[1] for sid, st in states.items()}
+                retry_at = {
+                    r["id"]: r["next_attempt_at"] for r in await store.sources_status() if r["consecutive_failures"]
+                }
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._on_signal, sig)
-                self._schedule(chosen, last_polls)
+                self._schedule(chosen, last_polls, retry_at)
                 self.scheduler.start()
+                watchdog = start_watchdog(self.scheduler, utc_now)
+                await self._heartbeat([s.id for s in chosen], running=True)
                 log.info(
                     "daemon %s started: %d sources, store %s",
                     self.ctx.instance,
@@ -280,6 +423,8 @@ class Daemon:
                 )
                 await self.stop_event.wait()
                 await self._shutdown()
+                watchdog.stop()
+                await self._heartbeat([s.id for s in chosen], running=False)
             finally:
                 if self.ctx is not None:
                     await self.ctx.fetcher.aclose()
@@ -296,7 +441,9 @@ class Daemon:
         self.stop_event.set()
 
     async def _shutdown(self) -> None:
-        self.scheduler.shutdown(wait=False)
+        # Pause first: shutdown() would cancel the running jobs at once, and the polls in
+        # flight would never get their grace time.
+        self.scheduler.pause()
         pending = set(self.inflight)
         if pending:
             log.info("waiting up to %.0fs for %d poll(s) in flight", self.settings.daemon.shutdown_grace, len(pending))
@@ -305,6 +452,7 @@ class Daemon:
                 task.cancel()
             if still:
                 await asyncio.wait(still, timeout=5.0)
+        self.scheduler.shutdown(wait=False)
         assert self.ctx is not None
         if self.ctx.writes:
             await asyncio.wait(set(self.ctx.writes), timeout=10.0)

@@ -20,7 +20,8 @@ class TextFormatter(logging.Formatter):
         message = record.getMessage().translate(_ESCAPES)
         if record.exc_info:
             message += " | " + self.formatException(record.exc_info).translate(_ESCAPES)
-        return f"{when} {record.levelname:<7} {record.name}: {message}"
+        who = f" [{self.instance}]" if self.instance else ""
+        return f"{when} {record.levelname:<7}{who} {record.name}: {message}"
 
 
 class JsonFormatter(logging.Formatter):

@@ -121,6 +121,9 @@ class DaemonSettings(_Section):
     startup_spread: Duration = 30.0  # sources due at start are spread over this long
     shutdown_grace: Duration = 10.0
     instance_id: str = ""
+    # Claim each source in the database before polling it, so several daemons sharing one
+    # database (PostgreSQL, or SQLite where the file lock cannot hold) poll it once per interval.
+    leases: bool = True
 
 
 class ScoreSettings(_Section):
@@ -179,6 +182,31 @@ class ExportSettings(_Section):
     top: int = Field(20, ge=1, le=1000)
     dir: str = "./export"
     format: Literal["seed", "json", "csv"] = "seed"
+
+
+class RetentionSettings(_Section):
+    """How long the bulk rows are kept; 0 keeps them forever. Stories and items are never pruned."""
+
+    observations: Duration = 90 * 86400.0
+    polls: Duration = 90 * 86400.0  # a poll goes only once its observations are gone
+    content: Duration = 30 * 86400.0  # full text of items not seen for this long
+    scores: Duration = 30 * 86400.0  # story_scores history
+    every: Duration = 86400.0  # how often the retention job runs; 0: never
+    batch: int = Field(5000, ge=100, le=100_000)  # rows per transaction, so polls are never held up
+
+
+class HealthSettings(_Section):
+    stale_after: Duration = 300.0  # `aggregator health` fails when the heartbeat is older
+    heartbeat_every: Duration = 30.0
+
+    @model_validator(mode="after")
+    def _beats_within_stale(self) -> HealthSettings:
+        if self.heartbeat_every < 1:
+            raise ValueError("heartbeat_every must be at least 1s")
+        # Two beats per window: one late or lost write must not make a healthy daemon look dead.
+        if self.stale_after < 2 * self.heartbeat_every:
+            raise ValueError("stale_after must be at least twice heartbeat_every")
+        return self
 
 
 class LogSettings(_Section):
@@ -243,6 +271,8 @@ class Settings(_Section):
     fulltext: FulltextSettings = FulltextSettings()
     export: ExportSettings = ExportSettings()
     log: LogSettings = LogSettings()
+    retention: RetentionSettings = RetentionSettings()
+    health: HealthSettings = HealthSettings()
     sources: tuple[SourceSettings, ...] = ()
     config_path: str = ""  # where these settings came from ("" = built-in defaults)
 

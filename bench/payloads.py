@@ -113,7 +113,13 @@ def _serve(port_queue: Queue, size: int) -> None:  # type: ignore[type-arg]
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 1024  # many clients connect at once
+
+        def handle_error(self, request: Any, client_address: Any) -> None:
+            pass  # a client that hung up is not news
+
+    httpd = Server(("127.0.0.1", 0), Handler)
     httpd.daemon_threads = True
     port_queue.put(httpd.server_address[1])
     httpd.serve_forever()

@@ -6,6 +6,7 @@ import asyncio
 import os
 import socket
 import threading
+import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +37,7 @@ class LoopbackServer:
         self.routes: dict[str, Route] = {}
         self.hits: Counter[str] = Counter()
         self.requests: list[tuple[str, dict[str, str]]] = []
+        self.times: dict[str, list[float]] = {}  # monotonic time of every request, per path
         self.lock = threading.Lock()
         server = self
 
@@ -46,6 +48,7 @@ class LoopbackServer:
                 path = self.path
                 with server.lock:
                     server.hits[path] += 1
+                    server.times.setdefault(path, []).append(time.monotonic())
                     server.requests.append((path, {k.lower(): v for k, v in self.headers.items()}))
                     route = server.routes.get(path) or server.routes.get(path.split("?")[0])
                 if route is None:

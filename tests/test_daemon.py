@@ -301,3 +301,14 @@ def test_set_cookie_is_kept_across_runs_and_never_shown(tmp_path: Path, http_ser
     shown = first.stdout + first.stderr + second.stdout + second.stderr + cli("sources", config=config).stdout
     assert "secret-visitor-42" not in shown
     assert all("secret-visitor-42" not in str(row) for row in query(tmp_path, "SELECT * FROM polls"))
+
+
+async def test_restart_keeps_a_failing_sources_backoff(tmp_path: Path, http_server: LoopbackServer) -> None:
+    config = settings_file(tmp_path, http_server)
+    settings = load_settings(str(config), environ={})
+    daemon = Daemon(settings)
+    now = datetime.now(UTC)
+    later = now + timedelta(hours=2)
+    daemon._schedule(settings.sources, {"weibo": now - timedelta(minutes=5)}, {"weibo": later})
+    job = daemon.scheduler.get_job("weibo")
+    assert job is not None and abs((job.next_run_time - later).total_seconds()) < 1

@@ -24,7 +24,7 @@ from aggregator.models import Item, PollResult, SourceState
 from aggregator.score import ListEntry, StoryHeat, listed_heats, score_all, unlisted_heat
 from aggregator.settings import ScoreSettings, SourceSettings, display_name
 from aggregator.store import engine as engine_mod
-from aggregator.store.schema import UtcDateTime, items, observations, polls, sources, stories, story_scores
+from aggregator.store.schema import UtcDateTime, items, meta, observations, polls, sources, stories, story_scores
 
 # A source whose last good list is older than this no longer counts as "on the list":
 # a source failing for a day should not keep its stale list at the top.
@@ -136,25 +136,44 @@ class Store:
 
     async def sync_sources(self, configured: Sequence[SourceSettings], now: datetime) -> None:
         """Make the sources table match the settings (rows are never deleted: polls refer to them)."""
+        rows = [
+            dict(
+                id=s.id,
+                name=s.name,
+                display_name=display_name(s),
+                kind=s.kind,
+                enabled=s.enabled,
+                interval_s=s.interval_s,
+                weight=s.weight,
+                url=s.url,
+                category=s.category,
+                updated_at=now,
+                consecutive_failures=0,
+            )
+            for s in configured
+        ]
         try:
             async with self._begin() as conn:
-                existing = {r[0] for r in await conn.execute(sa.select(sources.c.id))}
-                for s in configured:
-                    values = dict(
-                        name=s.name,
-                        display_name=display_name(s),
-                        kind=s.kind,
-                        enabled=s.enabled,
-                        interval_s=s.interval_s,
-                        weight=s.weight,
-                        url=s.url,
-                        category=s.category,
-                        updated_at=now,
+                if rows:
+                    # An upsert: daemons of a fleet starting together write the same rows.
+                    ins = _upsert(conn, sources)
+                    keep = (
+                        "name",
+                        "display_name",
+                        "kind",
+                        "enabled",
+                        "interval_s",
+                        "weight",
+                        "url",
+                        "category",
+                        "updated_at",
                     )
-                    if s.id in existing:
-                        await conn.execute(sources.update().where(sources.c.id == s.id).values(**values))
-                    else:
-                        await conn.execute(sources.insert().values(id=s.id, consecutive_failures=0, **values))
+                    await conn.execute(
+                        ins.on_conflict_do_update(
+                            index_elements=[sources.c.id], set_={k: ins.excluded[k] for k in keep}
+                        ),
+                        rows,
+                    )
                 configured_ids = [s.id for s in configured]
                 await conn.execute(
                     sources.update().where(sources.c.id.not_in(configured_ids)).values(enabled=False, updated_at=now)
@@ -443,6 +462,14 @@ class Store:
                 heats[r.id] = unlisted_heat(r.id, r.base_heat, r.last_seen_at, now, settings)
         return heats
 
+    @contextlib.asynccontextmanager
+    async def _reading(self, doing: str) -> AsyncIterator[AsyncConnection]:
+        try:
+            async with self.engine.connect() as conn:
+                yield conn
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise _store_error(exc, doing) from exc
+
     async def rescore(self, now: datetime, settings: ScoreSettings, *, record_history: bool = True) -> int:
         """Recompute heat and 热度 of every active story; returns how many were scored.
 
@@ -451,8 +478,11 @@ class Store:
         statements a poll), and, when `record_history`, adds a row per scored story to
         story_scores.
         """
-        current = await self.current_entries(now)
-        heats = await self.story_heats(now, settings, current)
+        try:
+            current = await self.current_entries(now)
+            heats = await self.story_heats(now, settings, current)
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise _store_error(exc, "cannot read the lists to score") from exc
         scored = score_all(heats)
         rows = []
         history = []
@@ -510,6 +540,76 @@ class Store:
         except (OperationalError, DBAPIError) as exc:
             raise _store_error(exc, "cannot store scores") from exc
         return len(rows)
+
+    # -- leases: several daemons sharing one database ---------------------------------------
+
+    async def claim_source(self, source_id: str, owner: str, now: datetime, hold_until: datetime) -> bool:
+        """Take the source for one poll when nobody holds it; one atomic statement.
+
+        `lease_until` is "not before": a poll sets it to when the source is next due, so
+        whichever instance fires first in an interval polls and the others skip quietly. A
+        crashed holder's lease lapses by itself.
+        """
+        stmt = (
+            sources.update()
+            .where(sources.c.id == source_id, sa.or_(sources.c.lease_until.is_(None), sources.c.lease_until <= now))
+            .values(lease_owner=owner, lease_until=hold_until)
+            .returning(sources.c.id)
+        )
+        try:
+            async with self._begin() as conn:
+                return (await conn.execute(stmt)).first() is not None
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise _store_error(exc, f"cannot claim {source_id}") from exc
+
+    async def hold_source(self, source_id: str, owner: str, until: datetime) -> None:
+        """Set when the held source is next due (after a poll, or to back off)."""
+        try:
+            async with self._begin() as conn:
+                await conn.execute(
+                    sources.update()
+                    .where(sources.c.id == source_id, sources.c.lease_owner == owner)
+                    .values(lease_until=until)
+                )
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise _store_error(exc, f"cannot renew the lease of {source_id}") from exc
+
+    async def claim_job(self, name: str, owner: str, now: datetime, hold_until: datetime) -> bool:
+        """Run a fleet-wide job (rescore, export, retention) on one instance per period."""
+        key = f"lease:{name}"
+        ins = _upsert_dialect(self.engine.dialect.name, meta)
+        stmt = (
+            ins.values(key=key, value=owner, updated_at=hold_until)
+            .on_conflict_do_update(
+                index_elements=[meta.c.key],
+                set_=dict(value=owner, updated_at=hold_until),
+                where=sa.or_(meta.c.updated_at <= now, meta.c.value == owner),
+            )
+            .returning(meta.c.key)
+        )
+        try:
+            async with self._begin() as conn:
+                return (await conn.execute(stmt)).first() is not None
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise _store_error(exc, f"cannot claim job {name}") from exc
+
+    async def items_since(self, since: datetime) -> list[ActiveItem]:
+        """Items first seen since `since` (by any instance): to refresh the story index."""
+        async with self._reading("cannot read new items") as conn:
+            rows = await conn.execute(
+                sa.select(
+                    items.c.id,
+                    items.c.key,
+                    items.c.story_id,
+                    items.c.source_id,
+                    items.c.title,
+                    items.c.url,
+                    items.c.summary,
+                    items.c.canonical_url,
+                    items.c.last_seen_at,
+                ).where(items.c.first_seen_at >= since)
+            )
+            return [ActiveItem(*r) for r in rows]
 
     # -- full text -----------------------------------------------------------------------
 
@@ -728,12 +828,17 @@ class Store:
             return list((await conn.execute(obs)).all()), list((await conn.execute(scores)).all())
 
     async def sources_status(self) -> list[dict[str, Any]]:
-        """Each source's row plus last_poll_at and last_success_at, read from its polls."""
+        """Each source's row plus last_poll_at, last_success_at and failing_since, read from its polls.
+
+        failing_since is when the first failed poll after the last good one ended (None
+        while the newest poll is good).
+        """
 
         q = sa.select(
             sources,
             _last_poll_at(sources).label("last_poll_at"),
             _last_poll_at(sources, "ok", "not_modified").label("last_success_at"),
+            _failing_since(sources).label("failing_since"),
         )
         q = q.order_by(sources.c.enabled.desc(), sources.c.id)
         ts = UtcDateTime()
@@ -741,7 +846,7 @@ class Store:
             out = []
             for r in await conn.execute(q):
                 row = dict(r._mapping)
-                for key in ("last_poll_at", "last_success_at"):
+                for key in ("last_poll_at", "last_success_at", "failing_since"):
                     row[key] = ts.process_result_value(row[key], self.engine.dialect)
                 out.append(row)
             return out
@@ -761,8 +866,32 @@ def _last_poll_at(source: sa.Table, *statuses: str) -> Any:
     return sa.select(p3.c.finished_at).where(p3.c.id == newest.correlate(source).scalar_subquery()).scalar_subquery()
 
 
+def _failing_since(source: sa.Table) -> Any:
+    """finished_at of the source's first error poll after its newest good one (correlated)."""
+    good = polls.alias("p_good")
+    last_good = (
+        sa.select(sa.func.coalesce(sa.func.max(good.c.id), 0))
+        .where(good.c.source_id == source.c.id, good.c.status.in_(("ok", "not_modified")))
+        .correlate(source)
+        .scalar_subquery()
+    )
+    bad = polls.alias("p_bad")
+    first_bad = (
+        sa.select(sa.func.min(bad.c.id))
+        .where(bad.c.source_id == source.c.id, bad.c.status == "error", bad.c.id > last_good)
+        .correlate(source)
+        .scalar_subquery()
+    )
+    at = polls.alias("p_at")
+    return sa.select(at.c.finished_at).where(at.c.id == first_bad).scalar_subquery()
+
+
 def _upsert(conn: AsyncConnection, table: sa.Table) -> Any:
-    if conn.dialect.name == "postgresql":
+    return _upsert_dialect(conn.dialect.name, table)
+
+
+def _upsert_dialect(dialect: str, table: sa.Table) -> Any:
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert as pg_insert
 
         return pg_insert(table)

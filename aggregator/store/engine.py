@@ -159,9 +159,16 @@ def _known(script: ScriptDirectory, revision: str) -> bool:
         return False
 
 
+# Key of the PostgreSQL advisory lock that serializes migrations: several daemons
+# starting at once against an empty database would otherwise race to create the tables.
+MIGRATION_LOCK_KEY = 7_262_026_001
+
+
 def _upgrade(connection: Connection) -> None:
     from alembic import command
 
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     _check_ours(connection)
     command.upgrade(_alembic_config(connection), "head")
     connection.execute(
