@@ -96,12 +96,7 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 async def _open_store(settings: Settings) -> Any:
     from aggregator.store import Store
 
-    return await Store.open(
-        settings.store.effective_url,
-        busy_timeout_s=settings.store.busy_timeout,
-        pool_size=settings.store.pool_size,
-        max_overflow=settings.store.max_overflow,
-    )
+    return await Store.from_settings(settings.store)
 
 
 def _source_health(row: dict[str, Any], now: datetime, zone: ZoneInfo) -> str:

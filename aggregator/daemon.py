@@ -110,12 +110,7 @@ async def run_once(settings: Settings, source_ids: Sequence[str] | None = None) 
     if lock is not None:
         lock.acquire()
     try:
-        store = await Store.open(
-            settings.store.effective_url,
-            busy_timeout_s=settings.store.busy_timeout,
-            pool_size=settings.store.pool_size,
-            max_overflow=settings.store.max_overflow,
-        )
+        store = await Store.from_settings(settings.store)
         try:
             ctx = await open_context(settings, store)
             try:
@@ -395,12 +390,7 @@ class Daemon:
         if lock is not None:
             lock.acquire()
         try:
-            store = await Store.open(
-                settings.store.effective_url,
-                busy_timeout_s=settings.store.busy_timeout,
-                pool_size=settings.store.pool_size,
-                max_overflow=settings.store.max_overflow,
-            )
+            store = await Store.from_settings(settings.store)
             try:
                 self.ctx = await open_context(settings, store)
                 states = await store.source_states()

@@ -143,6 +143,12 @@ async def main_async(args: argparse.Namespace) -> None:
     observations = con.execute("SELECT count(*) FROM observations").fetchone()[0]
     con.close()
     size = db_path.stat().st_size
+    con = sqlite3.connect(db_path)
+    obs_bytes = con.execute(
+        "SELECT sum(pgsize) FROM dbstat WHERE name IN ('observations', 'ix_observations_item')"
+    ).fetchone()[0]
+    con.close()
+    print(f"observation rows and their index: {obs_bytes / observations:.1f} bytes/observation on disk")
     obs_rate = sum(o for o, _ in steady) / max(sum(s for _, s in steady), 1e-9)
     print(f"steady-state lists: {obs_rate:.0f} observations/s")
     print(

@@ -32,7 +32,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from aggregator.errors import FetchError, ParseError
-from aggregator.settings import HttpSettings
+from aggregator.models import Collected, RawItem, SourceState
+from aggregator.settings import HttpSettings, SourceSettings
 
 MAX_REDIRECTS = 5
 # What a source is configured with is for its own host: a redirect to another host gets
@@ -421,3 +422,26 @@ def parsing(response: FetchResponse) -> Iterator[None]:
         if exc.http_status is None:
             exc.http_status = response.status
         raise
+
+
+ListParser = Callable[[FetchResponse], tuple[list[RawItem], int]]
+
+
+async def collect_list(
+    fetcher: Fetcher,
+    source: SourceSettings,
+    state: SourceState,
+    parse: ListParser,
+    *,
+    url: str,
+    headers: Mapping[str, str],
+) -> Collected:
+    """The whole `collect` of a hot list: fetch with the source's headers and cookies, parse."""
+    response = await fetch(
+        fetcher, url, headers={**headers, **source.headers}, cookies={**state.cookies, **source.cookies}
+    )
+    with parsing(response):
+        items, dropped = parse(response)
+    return Collected(
+        items=items, http_status=response.status, dropped_count=dropped, cookies=response.set_cookies or None
+    )

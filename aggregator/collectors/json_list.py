@@ -17,7 +17,7 @@ from __future__ import annotations
 import string
 from typing import Any
 
-from aggregator.collectors.fetch import Fetcher, FetchResponse, decode_json, fetch, parsing
+from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json
 from aggregator.errors import ConfigError, ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -118,14 +118,11 @@ def _format(template: str, values: dict[str, str | None]) -> str:
 
 
 async def collect(fetcher: Fetcher, source: SourceSettings, state: SourceState) -> Collected:
-    response = await fetch(
+    return await collect_list(
         fetcher,
-        source.url,
-        headers={"Accept": "application/json", **source.headers},
-        cookies={**state.cookies, **source.cookies},
-    )
-    with parsing(response):
-        items, dropped = parse(response, source)
-    return Collected(
-        items=items, http_status=response.status, dropped_count=dropped, cookies=response.set_cookies or None
+        source,
+        state,
+        lambda response: parse(response, source),
+        url=source.url,
+        headers={"Accept": "application/json"},
     )

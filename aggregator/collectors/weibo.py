@@ -10,7 +10,7 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
-from aggregator.collectors.fetch import Fetcher, FetchResponse, decode_json, fetch, looks_blocked, parsing
+from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json, looks_blocked
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -427,14 +427,4 @@ def _referer(url: str) -> str:
 
 async def collect(fetcher: Fetcher, source: SourceSettings, state: SourceState) -> Collected:
     url = source.url or DEFAULT_URL
-    response = await fetch(
-        fetcher,
-        url,
-        headers={**HEADERS, "Referer": _referer(url), **source.headers},
-        cookies={**state.cookies, **source.cookies},
-    )
-    with parsing(response):
-        items, dropped = parse(response)
-    return Collected(
-        items=items, http_status=response.status, dropped_count=dropped, cookies=response.set_cookies or None
-    )
+    return await collect_list(fetcher, source, state, parse, url=url, headers={**HEADERS, "Referer": _referer(url)})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from aggregator.collectors.fetch import Fetcher, FetchResponse, decode_json, fetch, parsing
+from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -117,14 +117,4 @@ def parse(response: FetchResponse) -> tuple[list[RawItem], int]:
 
 
 async def collect(fetcher: Fetcher, source: SourceSettings, state: SourceState) -> Collected:
-    response = await fetch(
-        fetcher,
-        source.url or DEFAULT_URL,
-        headers={**HEADERS, **source.headers},
-        cookies={**state.cookies, **source.cookies},
-    )
-    with parsing(response):
-        items, dropped = parse(response)
-    return Collected(
-        items=items, http_status=response.status, dropped_count=dropped, cookies=response.set_cookies or None
-    )
+    return await collect_list(fetcher, source, state, parse, url=source.url or DEFAULT_URL, headers=HEADERS)

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from aggregator.errors import StoreError
 from aggregator.models import Item, PollResult, SourceState
 from aggregator.score import ListEntry, StoryHeat, listed_heats, score_all, unlisted_heat
-from aggregator.settings import ScoreSettings, SourceSettings, display_name
+from aggregator.settings import ScoreSettings, SourceSettings, StoreSettings, display_name
 from aggregator.store import engine as engine_mod
 from aggregator.store.schema import UtcDateTime, items, meta, observations, polls, sources, stories, story_scores
 
@@ -128,6 +128,16 @@ class Store:
             await engine.dispose()
             raise
         return cls(engine)
+
+    @classmethod
+    async def from_settings(cls, settings: StoreSettings, *, upgrade: bool = True) -> Store:
+        return await cls.open(
+            settings.effective_url,
+            busy_timeout_s=settings.busy_timeout,
+            pool_size=settings.pool_size,
+            max_overflow=settings.max_overflow,
+            upgrade=upgrade,
+        )
 
     async def close(self) -> None:
         await self.engine.dispose()
