@@ -27,6 +27,7 @@ from __future__ import annotations
 import heapq
 import re
 import zlib
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -36,9 +37,10 @@ from typing import Protocol
 # in tests/data/dedupe_pairs.tsv precision is flat (0.95) for coverage cuts 0.72-0.76 and falls
 # below 0.72; 0.75 sits inside that plateau. It is also `dedupe.threshold`'s default in settings.
 DEFAULT_THRESHOLD = 0.5
-# Features of the titles of the last few polls: enough for match() then add_item() of one
-# poll (a few hundred titles) without keeping every title ever seen.
-FEATURE_CACHE_SIZE = 2048
+# Features of the titles recently matched or compared (least recently used go first):
+# candidates are mostly the stories on the lists now, so a few thousand cover them without
+# keeping the features of every title of the window (about 3 KB each).
+FEATURE_CACHE_SIZE = 8192
 # The design's `dedupe.window`: a story not seen on any list for two days is over.
 DEFAULT_WINDOW_S = 48 * 3600.0
 
@@ -343,7 +345,7 @@ class StoryIndex:
         self._by_url: dict[str, int] = {}
         self._by_title: dict[str, int] = {}
         self._expiry: list[tuple[datetime, int]] = []  # one entry per story; may lag its last_seen_at
-        self._feature_cache: dict[str, TitleFeatures] = {}
+        self._feature_cache: OrderedDict[str, TitleFeatures] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._stories)
@@ -353,11 +355,14 @@ class StoryIndex:
 
     def _features(self, norm_title: str) -> TitleFeatures:
         # match() for a whole poll, then add_item() for the same titles: compute each once.
-        features = self._feature_cache.get(norm_title)
+        cache = self._feature_cache
+        features = cache.get(norm_title)
         if features is None:
-            if len(self._feature_cache) >= FEATURE_CACHE_SIZE:
-                self._feature_cache.clear()
-            features = self._feature_cache[norm_title] = title_features(norm_title)
+            if len(cache) >= FEATURE_CACHE_SIZE:
+                cache.popitem(last=False)  # least recently used
+            features = cache[norm_title] = title_features(norm_title)
+        else:
+            cache.move_to_end(norm_title)
         return features
 
     def _active(self, story_id: int, cutoff: datetime) -> _Story | None:
