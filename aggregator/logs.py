@@ -7,7 +7,21 @@ import logging
 import sys
 import time
 
-_ESCAPES = str.maketrans({"\n": "\\n", "\r": "\\r", "\x1b": "\\x1b", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+# Every C0 and C1 control but tab, and the Unicode line and paragraph separators: some
+# of them end a line for splitlines(), a terminal or a log shipper.
+_ESCAPES = str.maketrans(
+    {
+        **{c: f"\\x{c:02x}" for c in (*range(0x00, 0x09), *range(0x0A, 0x20), *range(0x7F, 0xA0))},
+        "\n": "\\n",
+        "\r": "\\r",
+        "\u2028": "\\u2028",
+        "\u2029": "\\u2029",
+    }
+)
+
+
+_JSON_C1: dict[int | str, str] = {c: f"\\u{c:04x}" for c in range(0x7F, 0xA0)}
+_JSON_ESCAPES = str.maketrans({**_JSON_C1, "\u2028": "\\u2028", "\u2029": "\\u2029"})
 
 
 class TextFormatter(logging.Formatter):
@@ -40,7 +54,9 @@ class JsonFormatter(logging.Formatter):
             entry["instance"] = self.instance
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, ensure_ascii=False)
+        # ensure_ascii=False keeps Chinese readable; the separators and C1 controls it would
+        # leave raw are escaped so that no line splitter breaks the object.
+        return json.dumps(entry, ensure_ascii=False).translate(_JSON_ESCAPES)
 
 
 def setup_logging(level: str, fmt: str, instance: str = "") -> None:

@@ -24,6 +24,7 @@ APPLICATION = "aggregator"
 # SQLite's default page cache is 2 MiB; 4 MiB per connection keeps the hot indexes warm
 # (the OS page cache holds the rest) without the daemon's memory growing with the database.
 SQLITE_CACHE_KIB = 4096
+WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -65,6 +66,9 @@ def _sqlite_events(engine: AsyncEngine, busy_timeout_s: float) -> None:
         cursor = dbapi_connection.cursor()
         for pragma in (
             "PRAGMA journal_mode=WAL",
+            # The WAL is truncated back to this size after a checkpoint instead of keeping
+            # its high-water mark on disk.
+            f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT_BYTES}",
             f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}",
             "PRAGMA foreign_keys=ON",
             "PRAGMA synchronous=NORMAL",  # WAL + NORMAL: durable at checkpoints, never corrupt
