@@ -16,7 +16,7 @@ import os
 import random
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -330,58 +330,34 @@ class Daemon:
             )
         fulltext = self.settings.fulltext
         if fulltext.enabled and fulltext.top > 0 and fulltext.every > 0:
-            self.scheduler.add_job(
-                self._fulltext_job,
-                IntervalTrigger(seconds=fulltext.every, timezone=UTC),
-                id="fulltext",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(1, int(fulltext.every / 2)),
-                next_run_time=now + timedelta(seconds=min(fulltext.every, 60.0)),
-            )
+            self._add_periodic("fulltext", self._fulltext_job, fulltext.every, min(fulltext.every, 60.0))
         export = self.settings.export
         if export.every > 0:
-            self.scheduler.add_job(
-                self._export_job,
-                IntervalTrigger(seconds=export.every, timezone=UTC),
-                id="export",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(1, int(export.every / 2)),
-                next_run_time=now + timedelta(seconds=min(export.every, 90.0)),
-            )
+            self._add_periodic("export", self._export_job, export.every, min(export.every, 90.0))
         every = self.settings.daemon.rescore_every
-        self.scheduler.add_job(
-            self._rescore_job,
-            IntervalTrigger(seconds=every, timezone=UTC),
-            id="rescore",
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=max(1, int(every / 2)),
-            next_run_time=now + timedelta(seconds=min(every, 5.0)),
-        )
+        self._add_periodic("rescore", self._rescore_job, every, min(every, 5.0))
         beat_every = self.settings.health.heartbeat_every
-        self.scheduler.add_job(
-            self._heartbeat_job,
-            IntervalTrigger(seconds=beat_every, timezone=UTC),
-            args=[tuple(s.id for s in sources)],
-            id="heartbeat",
-            coalesce=True,
-            max_instances=1,
-            misfire_grace_time=max(1, int(beat_every / 2)),
-            next_run_time=now + timedelta(seconds=beat_every),
-        )
+        self._add_periodic("heartbeat", self._heartbeat_job, beat_every, beat_every, tuple(s.id for s in sources))
         retention = self.settings.retention
         if retention.every > 0:
-            self.scheduler.add_job(
-                self._retention_job,
-                IntervalTrigger(seconds=retention.every, timezone=UTC),
-                id="retention",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=max(1, int(retention.every / 2)),
-                next_run_time=now + timedelta(seconds=min(retention.every, RETENTION_FIRST_DELAY_S)),
+            self._add_periodic(
+                "retention", self._retention_job, retention.every, min(retention.every, RETENTION_FIRST_DELAY_S)
             )
+
+    def _add_periodic(
+        self, job_id: str, func: Callable[..., Awaitable[None]], every_s: float, first_in_s: float, *args: object
+    ) -> None:
+        """A job of the daemon's own (not a source's): coalesced, one at a time, late by half a period at most."""
+        self.scheduler.add_job(
+            func,
+            IntervalTrigger(seconds=every_s, timezone=UTC),
+            args=list(args) or None,
+            id=job_id,
+            coalesce=True,
+            max_instances=1,
+            misfire_grace_time=max(1, int(every_s / 2)),
+            next_run_time=utc_now() + timedelta(seconds=first_in_s),
+        )
 
     async def run(self, source_ids: Sequence[str] | None = None) -> int:
         settings = self.settings
