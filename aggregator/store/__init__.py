@@ -370,23 +370,8 @@ class Store:
     # -- stories for the clustering index --------------------------------------------------
 
     async def active_items(self, since: datetime) -> list[ActiveItem]:
-        async with self.engine.connect() as conn:
-            rows = await conn.execute(
-                sa.select(
-                    items.c.id,
-                    items.c.key,
-                    items.c.story_id,
-                    items.c.source_id,
-                    items.c.title,
-                    items.c.url,
-                    items.c.summary,
-                    items.c.canonical_url,
-                    items.c.last_seen_at,
-                )
-                .where(items.c.last_seen_at >= since)
-                .order_by(items.c.last_seen_at)
-            )
-            return [ActiveItem(*r) for r in rows]
+        """Items seen since `since`: what the story index starts from."""
+        return await self._active_items(items.c.last_seen_at >= since, order=True)
 
     # -- scoring -------------------------------------------------------------------------
 
@@ -605,21 +590,24 @@ class Store:
 
     async def items_since(self, since: datetime) -> list[ActiveItem]:
         """Items first seen since `since` (by any instance): to refresh the story index."""
-        async with self._reading("cannot read new items") as conn:
-            rows = await conn.execute(
-                sa.select(
-                    items.c.id,
-                    items.c.key,
-                    items.c.story_id,
-                    items.c.source_id,
-                    items.c.title,
-                    items.c.url,
-                    items.c.summary,
-                    items.c.canonical_url,
-                    items.c.last_seen_at,
-                ).where(items.c.first_seen_at >= since)
-            )
-            return [ActiveItem(*r) for r in rows]
+        return await self._active_items(items.c.first_seen_at >= since)
+
+    async def _active_items(self, where: Any, *, order: bool = False) -> list[ActiveItem]:
+        q = sa.select(
+            items.c.id,
+            items.c.key,
+            items.c.story_id,
+            items.c.source_id,
+            items.c.title,
+            items.c.url,
+            items.c.summary,
+            items.c.canonical_url,
+            items.c.last_seen_at,
+        ).where(where)
+        if order:
+            q = q.order_by(items.c.last_seen_at)
+        async with self._reading("cannot read the active items") as conn:
+            return [ActiveItem(*r) for r in await conn.execute(q)]
 
     # -- full text -----------------------------------------------------------------------
 
