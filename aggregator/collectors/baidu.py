@@ -6,6 +6,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json
+from aggregator.collectors.fields import text as _text
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -19,10 +20,6 @@ HEADERS = {"Accept": "application/json, text/plain, */*", "Referer": "https://to
 # read as 新 and 热 by most other projects; "5" and anything else is left unlabelled
 # rather than guessed.
 HOT_TAGS = {"1": "新", "3": "热"}
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
 
 
 def _http(value: Any) -> str | None:

@@ -6,6 +6,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json
+from aggregator.collectors.fields import text as _text
+from aggregator.collectors.fields import whole_number as _int
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -18,14 +20,6 @@ HEADERS = {"Accept": "application/json, text/plain, */*", "Referer": "https://ww
 # Errors come with HTTP 200 and a negative `code`: these are the anti-abuse answers
 # (-352 risk control, -412 request intercepted, -403/-401 access refused).
 BLOCKED_CODES = frozenset({-352, -412, -403, -401})
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _published_at(value: Any) -> datetime | None:

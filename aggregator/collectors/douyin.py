@@ -6,6 +6,8 @@ from typing import Any
 from urllib.parse import quote
 
 from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json
+from aggregator.collectors.fields import text as _text
+from aggregator.collectors.fields import whole_number as _int
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -40,14 +42,6 @@ LABELS = {
     20: "解读",
 }
 PROMOTED_LABELS = frozenset({2})
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _id_text(value: Any) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json
+from aggregator.collectors.fields import text as _text
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -17,10 +18,6 @@ HEADERS = {"Accept": "application/json, text/plain, */*", "Referer": "https://ww
 
 # `Label` codes seen in other projects' code; an unknown non-empty code is kept as served.
 LABELS = {"hot": "热", "new": "新", "boom": "爆", "refuteRumors": "辟谣", "interpretation": "解读"}
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
 
 
 def _id_text(value: Any) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import parse_qs, quote, urljoin, urlsplit
 
 from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json, looks_blocked
+from aggregator.collectors.fields import text as _text
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -47,10 +48,6 @@ _CHARSET_ALIASES = {"gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030"}
 # The summary page nests about 12 deep; past this, elements are kept flat so a hostile
 # page of endless open tags cannot exhaust the recursion of the tree walk.
 MAX_HTML_DEPTH = 200
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
 
 
 def _int(value: Any) -> int | None:

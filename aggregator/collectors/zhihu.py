@@ -6,6 +6,7 @@ import re
 from typing import Any
 
 from aggregator.collectors.fetch import Fetcher, FetchResponse, collect_list, decode_json
+from aggregator.collectors.fields import text as _text
 from aggregator.errors import ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import SourceSettings
@@ -20,10 +21,6 @@ HEADERS = {"Accept": "application/json, text/plain, */*", "Referer": "https://ww
 CARD_LABELS = {"hot": "热", "new": "新"}
 
 _QUESTION_ID = re.compile(r"zhihu\.com/(?:api/v4/)?questions?/(\d+)")
-
-
-def _text(value: Any) -> str | None:
-    return value.strip() or None if isinstance(value, str) else None
 
 
 def _area(target: dict[str, Any], name: str) -> str | None:
