@@ -514,7 +514,14 @@ class Store:
         seen = [dict(b_id=iid, b_at=e.collected_at, b_rank=e.rank) for iid, e in current]
         refresh = (
             items.update()
-            .where(items.c.id == sa.bindparam("b_id"), items.c.last_seen_at < sa.bindparam("b_at"))
+            .where(
+                items.c.id == sa.bindparam("b_id"),
+                sa.or_(
+                    items.c.last_seen_at < sa.bindparam("b_at"),
+                    # Timestamps have whole seconds: two polls within one are told apart by rank.
+                    items.c.last_rank.is_distinct_from(sa.bindparam("b_rank")),
+                ),
+            )
             .values(
                 last_seen_at=sa.bindparam("b_at"),
                 last_rank=sa.bindparam("b_rank"),
