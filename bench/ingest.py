@@ -88,7 +88,7 @@ async def main_async(args: argparse.Namespace) -> None:
     import httpx
 
     async with httpx.AsyncClient() as c:
-        await c.get(f"{base}/round/0")
+        await c.get(f"{base}/round/0/{max(args.lists, args.feeds)}")
     print(f"{args.lists} NewsNow lists and {args.feeds} feeds of {args.size} entries, SQLite at {tmp}")
 
     def report(name: str, results: list[PollResult], seconds: float, stmts: int) -> int:
@@ -121,7 +121,7 @@ async def main_async(args: argparse.Namespace) -> None:
     steady: list[tuple[int, float]] = []
     for r in range(1, args.rounds + 1):
         async with httpx.AsyncClient() as c:
-            await c.get(f"{base}/round/{r}")
+            await c.get(f"{base}/round/{r}/{max(args.lists, args.feeds)}")
         statements["n"] = 0
         res, sec = await poll_all(ctx, lists)
         total_obs += report(f"lists, round {r} (20% moved, 10% new)", res, sec, statements["n"])

@@ -8,7 +8,8 @@ Every request of every collector goes through `fetch`:
 - redirects followed by hand, at most MAX_REDIRECTS, bodies never read, each hop's URL
   re-checked;
 - a per-host concurrency limit, TLS always verified, no proxy from the environment
-  unless one is configured.
+  unless one is configured;
+- httpx's API on aiohttp's wire (see `transport`).
 Errors leave as FetchError with a kind (see aggregator.errors.ERROR_KINDS).
 """
 
@@ -31,11 +32,13 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx
 
+from aggregator.collectors.transport import AiohttpTransport
 from aggregator.errors import FetchError, ParseError
 from aggregator.models import Collected, RawItem, SourceState
 from aggregator.settings import HttpSettings, SourceSettings
 
 MAX_REDIRECTS = 5
+MAX_CONNECTIONS = 100  # open at once, all hosts together (each host also has http.per_host_limit)
 # What a source is configured with is for its own host: a redirect to another host gets
 # none of it, and what that host sets is not kept for the source.
 _CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -111,9 +114,7 @@ def make_fetcher(settings: HttpSettings) -> Fetcher:
         timeout=timeout,
         follow_redirects=False,
         trust_env=False,
-        proxy=settings.proxy or None,
-        verify=True,
-        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        transport=AiohttpTransport(max_connections=MAX_CONNECTIONS, proxy=settings.proxy or None),
         headers={"User-Agent": settings.user_agent, "Accept-Encoding": "gzip, deflate"},
     )
     return Fetcher(client=client, settings=settings)
