@@ -8,6 +8,7 @@ story assigner clusters, `backoff` times the retry, the store writes.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -80,15 +81,43 @@ class StoryAssigner:
                 write.append(entry[1] != _signature(it.title, it.url, it.summary))
         return story_ids, write
 
-    def commit(self, items: Sequence[Item], story_ids: Sequence[int], written: PollWritten, now: datetime) -> None:
-        for it, proposed in zip(items, story_ids, strict=True):
-            story = written.stories.get(it.item_id, proposed)
-            if it.item_id in written.stories or it.item_id not in self.known:
+    def commit(
+        self,
+        items: Sequence[Item],
+        story_ids: Sequence[int],
+        upserted: Sequence[bool],
+        stories: Mapping[int, int],
+        now: datetime,
+    ) -> None:
+        """Record a poll's items under their stories: `stories` holds what the store says an
+        upserted item belongs to (empty before the write: the proposals stand)."""
+        for it, proposed, wrote in zip(items, story_ids, upserted, strict=True):
+            story = stories.get(it.item_id, proposed)
+            if wrote or it.item_id not in self.known:
                 self.index.add_item(story, it.norm_title, it.canonical_url, it.source_id, now)
             else:
                 self.index.touch(story, now)
             self.known[it.item_id] = (story, _signature(it.title, it.url, it.summary))
             self.seen_at[it.item_id] = now
+
+    def correct(
+        self, items: Sequence[Item], story_ids: Sequence[int], stories: Mapping[int, int], now: datetime
+    ) -> None:
+        """After a write that was committed ahead of its result: where the store kept an item
+        in another story than proposed (it had the item already), follow the store."""
+        for it, proposed in zip(items, story_ids, strict=True):
+            real = stories.get(it.item_id, proposed)
+            if real != proposed:
+                self.index.add_item(real, it.norm_title, it.canonical_url, it.source_id, now)
+                self.known[it.item_id] = (real, _signature(it.title, it.url, it.summary))
+
+    def forget(self, items: Sequence[Item], upserted: Sequence[bool]) -> None:
+        """A write committed ahead of its result failed: the items it was to write are
+        unknown again, so the next poll writes them (the index keeps their titles)."""
+        for it, wrote in zip(items, upserted, strict=True):
+            if wrote:
+                self.known.pop(it.item_id, None)
+                self.seen_at.pop(it.item_id, None)
 
     def expire(self, now: datetime) -> int:
         cutoff = now - timedelta(seconds=self.window_s)
@@ -118,13 +147,31 @@ class PollContext:
     assign_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
-async def _write(ctx: PollContext, w: PollWrite) -> PollWritten:
-    # The write is shielded: a shutdown that cancels the poll waits for it to commit or
-    # roll back instead of leaving a transaction half-way through the driver.
+def _start_write(ctx: PollContext, w: PollWrite) -> asyncio.Task[PollWritten]:
     task = asyncio.ensure_future(ctx.store.record_poll(w))
     ctx.writes.add(task)
     task.add_done_callback(ctx.writes.discard)
-    return await asyncio.shield(task)
+    return task
+
+
+async def _write(ctx: PollContext, w: PollWrite) -> PollWritten:
+    # The write is shielded: a shutdown that cancels the poll waits for it to commit or
+    # roll back instead of leaving a transaction half-way through the driver.
+    return await asyncio.shield(_start_write(ctx, w))
+
+
+def _settle(
+    stories: StoryAssigner,
+    items: Sequence[Item],
+    story_ids: Sequence[int],
+    write: Sequence[bool],
+    now: datetime,
+    task: asyncio.Task[PollWritten],
+) -> None:
+    if task.cancelled() or task.exception() is not None:
+        stories.forget(items, write)
+    else:
+        stories.correct(items, story_ids, task.result().stories, now)
 
 
 def _state_update(state: SourceState, collected: Collected, recovered: bool) -> SourceUpdate | None:
@@ -252,6 +299,7 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
                 dropped,
             )
     status = "not_modified" if collected.not_modified else "ok"
+    refused: StoreError | None = None
     async with ctx.assign_lock:
         finished = ctx.clock()
         if items:
@@ -269,13 +317,26 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
             source_update=_state_update(state, collected, recovered),
             instance=ctx.instance,
         )
-        try:
-            written = await _write(ctx, w)
-        except StoreError as exc:
-            refused: StoreError | None = exc
+        task = _start_write(ctx, w)
+        if ctx.store.ordered_writes:
+            # The store applies writes in the order they are started: the next poll may
+            # cluster against this one's proposals before this write has committed. What
+            # the store then says (or a failure) is applied when the write ends, even if
+            # this poll is cancelled meanwhile.
+            ctx.stories.commit(items, story_ids, write, {}, finished)
+            task.add_done_callback(functools.partial(_settle, ctx.stories, items, story_ids, write, finished))
         else:
-            refused = None
-            ctx.stories.commit(items, story_ids, written, finished)
+            try:
+                written = await asyncio.shield(task)
+            except StoreError as exc:
+                refused = exc
+            else:
+                ctx.stories.commit(items, story_ids, write, written.stories, finished)
+    if ctx.store.ordered_writes:
+        try:
+            written = await asyncio.shield(task)
+        except StoreError as exc:
+            refused = exc
     if refused is not None:
         # A full disk or a locked database: the source backs off like any failure, and
         # the list it had stays the current one.

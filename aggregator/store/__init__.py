@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -94,9 +97,16 @@ def _store_error(exc: BaseException, doing: str) -> StoreError:
 class Store:
     """Async access to one database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, busy_timeout_s: float = 10.0) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
+        # SQLite: polls are written by one thread on its own synchronous connection.
+        self._poll_writer: sa.Engine | None = None
+        self._poll_thread: ThreadPoolExecutor | None = None
+        if self.is_sqlite and engine.url.database not in (None, "", ":memory:"):
+            self._poll_writer = engine_mod.make_sqlite_writer(engine, busy_timeout_s=busy_timeout_s)
+            self._poll_writer = self._poll_writer.execution_options(sqlite_begin="IMMEDIATE")
+            self._poll_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-poll-writer")
         # Writers on SQLite take the lock at BEGIN (see engine._on_begin).
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else engine
         # SQLite has one writer at a time anyway: queueing writers here, not in SQLite's busy
@@ -127,7 +137,7 @@ class Store:
         except BaseException:
             await engine.dispose()
             raise
-        return cls(engine)
+        return cls(engine, busy_timeout_s=busy_timeout_s)
 
     @classmethod
     async def from_settings(cls, settings: StoreSettings, *, upgrade: bool = True) -> Store:
@@ -139,7 +149,24 @@ class Store:
             upgrade=upgrade,
         )
 
+    @property
+    def ordered_writes(self) -> bool:
+        """Whether polls are written one after another in the order `record_poll` is called."""
+        return self._poll_writer is not None
+
+    @property
+    def sync_engines(self) -> list[sa.Engine]:
+        """Every engine statements go through (for instrumentation such as statement counts)."""
+        out = [self.engine.sync_engine]
+        if self._poll_writer is not None:
+            out.append(self._poll_writer.engine)
+        return out
+
     async def close(self) -> None:
+        if self._poll_writer is not None and self._poll_thread is not None:
+            # The writer's connection is closed on the thread that used it.
+            await asyncio.get_running_loop().run_in_executor(self._poll_thread, self._poll_writer.engine.dispose)
+            self._poll_thread.shutdown(wait=True)
         await self.engine.dispose()
 
     # -- sources -------------------------------------------------------------------------
@@ -215,157 +242,27 @@ class Store:
     # -- polls ---------------------------------------------------------------------------
 
     async def record_poll(self, w: PollWrite) -> PollWritten:
-        """Write one poll in one transaction.
+        """Write one poll in one transaction (see `_record_poll`).
 
-        A poll of a list the pipeline already knows is two statements: the poll row and
-        its observations. Items are written only when new or changed (then with RETURNING,
-        to learn which were new), stories only for new items, the source row only when its
-        state changed. Items' last_seen_at / last_rank / best_rank are refreshed by
-        `rescore` from the observations.
+        On SQLite the whole transaction runs in the writer thread on its own connection:
+        one hand-off per poll. On PostgreSQL it runs on an asyncpg connection.
         """
         try:
-            async with self._begin() as conn:
-                return await self._record(conn, w)
+            if self._poll_writer is None:
+                async with self._begin() as conn:
+                    return await conn.run_sync(_record_poll, w)
+            assert self._write_lock is not None
+            async with self._write_lock:
+                return await asyncio.get_running_loop().run_in_executor(self._poll_thread, self._record_sqlite, w)
         except IntegrityError:
             raise  # a bug: the pipeline gave inconsistent rows
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _store_error(exc, f"cannot record poll of {w.source_id}") from exc
 
-    async def _record(self, conn: AsyncConnection, w: PollWrite) -> PollWritten:
-        at = w.finished_at
-        duration_ms = int((w.finished_at - w.started_at).total_seconds() * 1000)
-        real_story: dict[int, int] = {}
-        new_ids: set[int] = set()
-        proposed = dict(zip((it.item_id for it in w.items), w.story_ids, strict=True))
-        batch = [it for it, write in zip(w.items, w.upsert, strict=True) if write]
-        if batch:
-            ins = _upsert(conn, items)
-            stmt = ins.on_conflict_do_update(
-                index_elements=[items.c.key],
-                set_=dict(
-                    title=ins.excluded.title,
-                    url=ins.excluded.url,
-                    canonical_url=ins.excluded.canonical_url,
-                    summary=sa.func.coalesce(ins.excluded.summary, items.c.summary),
-                    last_seen_at=ins.excluded.last_seen_at,
-                    last_rank=ins.excluded.last_rank,
-                    best_rank=sa.case(
-                        (ins.excluded.best_rank < items.c.best_rank, ins.excluded.best_rank), else_=items.c.best_rank
-                    ),
-                ),
-            ).returning(items.c.id, items.c.story_id, items.c.first_seen_at)
-            rows = await conn.execute(
-                stmt,
-                [
-                    dict(
-                        id=it.item_id,
-                        key=it.key,
-                        source_id=w.source_id,
-                        native_id=it.native_id,
-                        title=it.title,
-                        url=it.url,
-                        canonical_url=it.canonical_url,
-                        summary=it.summary,
-                        published_at=it.published_at,
-                        story_id=proposed[it.item_id],
-                        first_seen_at=at,
-                        last_seen_at=at,
-                        best_rank=it.rank,
-                        last_rank=it.rank,
-                    )
-                    for it in batch
-                ],
-            )
-            second = at.replace(microsecond=0)
-            for row in rows:
-                real_story[row.id] = row.story_id
-                if row.first_seen_at.replace(microsecond=0) == second:
-                    new_ids.add(row.id)
-        poll_id: int = (
-            await conn.execute(
-                polls.insert().returning(polls.c.id),
-                dict(
-                    source_id=w.source_id,
-                    started_at=w.started_at,
-                    finished_at=w.finished_at,
-                    duration_ms=duration_ms,
-                    status=w.status,
-                    http_status=w.http_status,
-                    item_count=len(w.items),
-                    new_count=len(new_ids),
-                    dropped_count=w.dropped_count,
-                    error_kind=w.error_kind,
-                    error=w.error,
-                    instance=w.instance,
-                ),
-            )
-        ).scalar_one()
-        if new_ids:
-            founders = [it for it in batch if it.item_id in new_ids and proposed[it.item_id] == it.item_id]
-            if founders:
-                await conn.execute(
-                    stories.insert(),
-                    [
-                        dict(
-                            id=it.item_id,
-                            title=it.title,
-                            item_id=it.item_id,
-                            first_seen_at=at,
-                            last_seen_at=at,
-                            source_count=1,
-                        )
-                        for it in founders
-                    ],
-                )
-            joined = {proposed[i] for i in new_ids if proposed[i] != i}
-            if joined:
-                # New items joined existing stories: source_count stays true in the same transaction.
-                i2 = items.alias("i2")
-                count = (
-                    sa.select(sa.func.count(sa.distinct(i2.c.source_id)))
-                    .where(i2.c.story_id == stories.c.id)
-                    .scalar_subquery()
-                )
-                await conn.execute(
-                    stories.update().where(stories.c.id.in_(joined)).values(source_count=count, last_seen_at=at)
-                )
-        if w.items:
-            await conn.execute(
-                observations.insert(),
-                [
-                    dict(
-                        poll_id=poll_id,
-                        item_id=it.item_id,
-                        source_id=w.source_id,
-                        rank=it.rank,
-                        heat=it.heat,
-                        heat_raw=it.heat_raw,
-                        label=it.label,
-                        collected_at=at,
-                    )
-                    for it in w.items
-                ],
-            )
-        if w.source_update is not None:
-            values = self._source_values(w.source_update)
-            if values:
-                values["updated_at"] = at
-                await conn.execute(sources.update().where(sources.c.id == w.source_id).values(**values))
-        return PollWritten(poll_id, len(new_ids), real_story)
-
-    @staticmethod
-    def _source_values(u: SourceUpdate) -> dict[str, Any]:
-        values: dict[str, Any] = {}
-        if u.consecutive_failures is not None:
-            values["consecutive_failures"] = u.consecutive_failures
-            values["next_attempt_at"] = u.next_attempt_at
-        if u.failed_at is not None:
-            values.update(last_error_at=u.failed_at, last_error_kind=u.error_kind, last_error=u.error)
-        if u.conditional is not None:
-            values.update(etag=u.conditional[0], last_modified=u.conditional[1])
-        if u.cookies is not None:
-            values["cookies"] = json.dumps(u.cookies, ensure_ascii=False, sort_keys=True)
-        return values
+    def _record_sqlite(self, w: PollWrite) -> PollWritten:
+        assert self._poll_writer is not None
+        with self._poll_writer.begin() as conn:
+            return _record_poll(conn, w)
 
     # -- stories for the clustering index --------------------------------------------------
 
@@ -906,3 +803,196 @@ def _upsert_dialect(dialect: str, table: sa.Table) -> Any:
 
 
 __all__ = ["ActiveItem", "PollResult", "PollWrite", "PollWritten", "SourceUpdate", "Store"]
+
+
+# A poll's rows go to the SQLite driver as plain tuples through statements compiled once
+# from the Core tables: SQLAlchemy's per-row parameter processing cost more than SQLite's
+# own work. PostgreSQL takes the same rows through Core (asyncpg batches them itself).
+_POLL_COLUMNS = (
+    "source_id",
+    "started_at",
+    "finished_at",
+    "duration_ms",
+    "status",
+    "http_status",
+    "item_count",
+    "new_count",
+    "dropped_count",
+    "error_kind",
+    "error",
+    "instance",
+)
+_STORY_COLUMNS = ("id", "title", "item_id", "first_seen_at", "last_seen_at", "source_count")
+_OBSERVATION_COLUMNS = ("poll_id", "item_id", "source_id", "rank", "heat", "heat_raw", "label", "collected_at")
+
+
+@functools.cache
+def _insert_statement(table: sa.Table, returning: str | None, dialect_name: str) -> Any:
+    if table is stories:
+        # A story may be written by a poll that joins it while the poll that starts it is
+        # still queued, or again after that poll failed: whichever comes first makes it.
+        stmt: Any = _upsert_dialect(dialect_name, table).on_conflict_do_nothing(index_elements=[table.c.id])
+    else:
+        stmt = table.insert()
+    if returning is not None:
+        stmt = stmt.returning(table.c[returning])
+    return stmt
+
+
+@functools.cache
+def _compiled_insert(table: sa.Table, columns: tuple[str, ...], returning: str | None, dialect: Dialect) -> str:
+    stmt = _insert_statement(table, returning, dialect.name)
+    compiled = stmt.compile(dialect=dialect, column_keys=list(columns))
+    assert tuple(compiled.positiontup or ()) == columns, (compiled.positiontup, columns)
+    return str(compiled)
+
+
+def _insert(
+    conn: sa.Connection, table: sa.Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]], returning: str | None
+) -> Any:
+    """Insert `rows` (tuples in `columns` order, times as `_db_time` gives them); one RETURNING value for one row."""
+    if conn.dialect.name == "sqlite":
+        sql = _compiled_insert(table, columns, returning, conn.dialect)
+        if returning is not None:
+            return conn.exec_driver_sql(sql, rows[0]).scalar_one()
+        conn.exec_driver_sql(sql, rows)
+        return None
+    dicts = [dict(zip(columns, r, strict=True)) for r in rows]
+    stmt = _insert_statement(table, returning, conn.dialect.name)
+    if returning is not None:
+        return conn.execute(stmt, dicts[0]).scalar_one()
+    conn.execute(stmt, dicts)
+    return None
+
+
+def _db_time(conn: sa.Connection, at: datetime) -> Any:
+    """`at` as the driver takes it: SQLite's text form, or the datetime itself."""
+    return _TIME.process_bind_param(at, conn.dialect) if conn.dialect.name == "sqlite" else at
+
+
+_TIME = UtcDateTime()
+
+
+@functools.cache
+def _items_upsert(dialect_name: str) -> Any:
+    ins = _upsert_dialect(dialect_name, items)
+    return ins.on_conflict_do_update(
+        index_elements=[items.c.key],
+        set_=dict(
+            title=ins.excluded.title,
+            url=ins.excluded.url,
+            canonical_url=ins.excluded.canonical_url,
+            summary=sa.func.coalesce(ins.excluded.summary, items.c.summary),
+            last_seen_at=ins.excluded.last_seen_at,
+            last_rank=ins.excluded.last_rank,
+            best_rank=sa.case(
+                (ins.excluded.best_rank < items.c.best_rank, ins.excluded.best_rank), else_=items.c.best_rank
+            ),
+        ),
+    ).returning(items.c.id, items.c.story_id, items.c.first_seen_at)
+
+
+def _record_poll(conn: sa.Connection, w: PollWrite) -> PollWritten:
+    """The statements of one poll, inside the caller's transaction.
+
+    A poll of a list the pipeline already knows is two statements: the poll row and
+    its observations. Items are written only when new or changed (then with RETURNING,
+    to learn which were new), stories only for new items, the source row only when its
+    state changed. Items' last_seen_at / last_rank / best_rank are refreshed by
+    `rescore` from the observations.
+    """
+    at = w.finished_at
+    at_db = _db_time(conn, at)
+    duration_ms = int((w.finished_at - w.started_at).total_seconds() * 1000)
+    real_story: dict[int, int] = {}
+    new_ids: set[int] = set()
+    proposed = dict(zip((it.item_id for it in w.items), w.story_ids, strict=True))
+    batch = [it for it, write in zip(w.items, w.upsert, strict=True) if write]
+    if batch:
+        rows = conn.execute(
+            _items_upsert(conn.dialect.name),
+            [
+                dict(
+                    id=it.item_id,
+                    key=it.key,
+                    source_id=w.source_id,
+                    native_id=it.native_id,
+                    title=it.title,
+                    url=it.url,
+                    canonical_url=it.canonical_url,
+                    summary=it.summary,
+                    published_at=it.published_at,
+                    story_id=proposed[it.item_id],
+                    first_seen_at=at,
+                    last_seen_at=at,
+                    best_rank=it.rank,
+                    last_rank=it.rank,
+                )
+                for it in batch
+            ],
+        )
+        second = at.replace(microsecond=0)
+        for row in rows:
+            real_story[row.id] = row.story_id
+            if row.first_seen_at.replace(microsecond=0) == second:
+                new_ids.add(row.id)
+    poll_row = (
+        w.source_id,
+        _db_time(conn, w.started_at),
+        at_db,
+        duration_ms,
+        w.status,
+        w.http_status,
+        len(w.items),
+        len(new_ids),
+        w.dropped_count,
+        w.error_kind,
+        w.error,
+        w.instance,
+    )
+    poll_id: int = _insert(conn, polls, _POLL_COLUMNS, [poll_row], "id")
+    if new_ids:
+        # New items start their own stories; a new item joining a story makes sure it exists
+        # (see _insert_statement), as a story of its own title if it does not yet.
+        story_rows = {
+            proposed[it.item_id]: (proposed[it.item_id], it.title, it.item_id, at_db, at_db, 1)
+            for it in reversed(batch)
+            if it.item_id in new_ids
+        }
+        if story_rows:
+            _insert(conn, stories, _STORY_COLUMNS, list(story_rows.values()), None)
+        joined = {proposed[i] for i in new_ids if proposed[i] != i}
+        if joined:
+            # New items joined existing stories: source_count stays true in the same transaction.
+            i2 = items.alias("i2")
+            count = (
+                sa.select(sa.func.count(sa.distinct(i2.c.source_id)))
+                .where(i2.c.story_id == stories.c.id)
+                .scalar_subquery()
+            )
+            conn.execute(stories.update().where(stories.c.id.in_(joined)).values(source_count=count, last_seen_at=at))
+    if w.items:
+        observation_rows = [
+            (poll_id, it.item_id, w.source_id, it.rank, it.heat, it.heat_raw, it.label, at_db) for it in w.items
+        ]
+        _insert(conn, observations, _OBSERVATION_COLUMNS, observation_rows, None)
+    if w.source_update is not None:
+        values = _source_values(w.source_update)
+        if values:
+            values["updated_at"] = at
+            conn.execute(sources.update().where(sources.c.id == w.source_id).values(**values))
+    return PollWritten(poll_id, len(new_ids), real_story)
+
+
+def _source_values(u: SourceUpdate) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    if u.consecutive_failures is not None:
+        values["consecutive_failures"] = u.consecutive_failures
+        values["next_attempt_at"] = u.next_attempt_at
+    if u.failed_at is not None:
+        values.update(last_error_at=u.failed_at, last_error_kind=u.error_kind, last_error=u.error)
+    if u.conditional is not None:
+        values.update(etag=u.conditional[0], last_modified=u.conditional[1])
+    if u.cookies is not None:
+        values["cookies"] = json.dumps(u.cookies, ensure_ascii=False, sort_keys=True)
+    return values

@@ -51,14 +51,30 @@ def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_over
         # Few connections: one writer at a time (the store queues writers) plus a reader or two;
         # each connection keeps its own page cache.
         engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s}, pool_size=3, max_overflow=2)
-        _sqlite_events(engine, busy_timeout_s)
+        _sqlite_events(engine.sync_engine, busy_timeout_s)
         return engine
     return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
-def _sqlite_events(engine: AsyncEngine, busy_timeout_s: float) -> None:
-    sync_engine = engine.sync_engine
+def make_sqlite_writer(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engine:
+    """A synchronous engine on the same SQLite database, for the one thread that writes polls.
 
+    A poll's transaction then costs one hand-off to that thread instead of one per
+    statement through aiosqlite. One connection: SQLite has one writer at a time anyway.
+    """
+    url = engine.url.set(drivername="sqlite+pysqlite")
+    writer = sa.create_engine(
+        url,
+        connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
+        poolclass=sa.pool.QueuePool,
+        pool_size=1,
+        max_overflow=0,
+    )
+    _sqlite_events(writer, busy_timeout_s)
+    return writer
+
+
+def _sqlite_events(sync_engine: sa.Engine, busy_timeout_s: float) -> None:
     @event.listens_for(sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let SQLAlchemy's begin event emit BEGIN itself (pysqlite's implicit BEGIN is deferred).
