@@ -321,6 +321,11 @@ class _Story:
     titles: list[str] = field(default_factory=list)
     title_keys: list[str] = field(default_factory=list)
     urls: list[str] = field(default_factory=list)
+    # Over the member titles: the fewest counting tokens and the most repeated n-grams. With
+    # them `match` rules a candidate out from its count of shared n-grams alone, before
+    # computing any member's features (the bound of `_similarity`, taken for every member).
+    min_weight: int = 1 << 30
+    max_repeats: int = 0
 
 
 class StoryIndex:
@@ -381,6 +386,7 @@ class StoryIndex:
             return story_id
         features = self._features(norm_title)
         hits: dict[int, int] = {}
+        common = 0  # n-grams in too many stories to list: any candidate may share them
         for gram in features.ordered_grams:
             posting = self._postings.get(_gram_key(gram))
             if posting is None:
@@ -390,17 +396,28 @@ class StoryIndex:
             elif len(posting) <= MAX_POSTING_STORIES:
                 for candidate in posting:
                     hits[candidate] = hits.get(candidate, 0) + 1
+            else:
+                common += 1
         if not hits:
             return None
         best_id: int | None = None
         best_score = 0.0
-        for candidate, _count in heapq.nlargest(MAX_CANDIDATES, hits.items(), key=lambda kv: kv[1]):
+        for candidate, count in heapq.nlargest(MAX_CANDIDATES, hits.items(), key=lambda kv: kv[1]):
             story = self._active(candidate, cutoff)
             if story is None:
                 continue
             needed = self.threshold
             if len(story.sources) == 1 and source_id in story.sources:
                 needed += SAME_SOURCE_MARGIN
+            # A pair reaches `needed` only if the shorter title's coverage can reach
+            # (needed + 1) / 2, and coverage <= 2 * (shared + repeats) / weight: with the
+            # shared count bounded by `count + common`, neither title may be the short one.
+            reach = (needed + 1.0) / 4.0
+            shared = count + common
+            if shared + features.repeats < reach * features.weight and shared + story.max_repeats < (
+                reach * story.min_weight
+            ):
+                continue
             score = max(_similarity(features, self._features(member), needed) for member in story.titles)
             if score >= needed and score > best_score:
                 best_id, best_score = candidate, score
@@ -429,6 +446,8 @@ class StoryIndex:
         if len(story.titles) < MAX_TITLES_PER_STORY:
             features = self._features(norm_title)
             story.titles.append(norm_title)
+            story.min_weight = min(story.min_weight, features.weight)
+            story.max_repeats = max(story.max_repeats, features.repeats)
             for gram in features.ordered_grams:
                 key = _gram_key(gram)
                 posting = self._postings.get(key)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class RawItem:
+# RawItem and Item are NamedTuples: immutable like frozen dataclasses, but built at
+# tuple speed (a frozen dataclass sets each field through object.__setattr__), and a poll
+# builds one of each per entry.
+class RawItem(NamedTuple):
     """One entry as a collector read it, before normalization."""
 
     title: str
@@ -33,8 +36,7 @@ class Collected:
     cookies: dict[str, str] | None = None  # cookies to keep for the next poll, when changed
 
 
-@dataclass(frozen=True, slots=True)
-class Item:
+class Item(NamedTuple):
     """A normalized entry: identity computed, ready to store."""
 
     key: str

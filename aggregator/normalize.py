@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import math
@@ -167,6 +168,18 @@ def _heat_raw_text(raw: object) -> str | None:
     return text or None
 
 
+@functools.lru_cache(maxsize=8192)
+def _heat_of_text(raw: str) -> tuple[float | None, str | None]:
+    return parse_heat(raw), _heat_raw_text(raw)
+
+
+def heat_fields(raw: object) -> tuple[float | None, str | None]:
+    """(heat, heat_raw) of what a platform served: lists repeat their heat strings poll to poll."""
+    if isinstance(raw, str) and len(raw) <= 2 * MAX_HEAT_RAW_CHARS:
+        return _heat_of_text(raw)
+    return parse_heat(raw), _heat_raw_text(raw)
+
+
 Identity = tuple[str, str, str, str | None, str | None, str | None]
 # What one poll's entries normalized to, keyed by their raw fields: lists repeat most of
 # their entries from one poll to the next, so the next poll of the source reuses it.
@@ -225,6 +238,7 @@ def normalize_items(
             dropped += 1
             continue
         seen.add(key)
+        heat, heat_raw = heat_fields(raw.heat_raw)
         items.append(
             Item(
                 key=key,
@@ -235,8 +249,8 @@ def normalize_items(
                 url=url,
                 canonical_url=canon,
                 rank=raw.rank if raw.rank is not None and raw.rank > 0 else len(items) + 1,
-                heat=parse_heat(raw.heat_raw),
-                heat_raw=_heat_raw_text(raw.heat_raw),
+                heat=heat,
+                heat_raw=heat_raw,
                 label=clean_text(raw.label, 16) or None if raw.label else None,
                 native_id=native_id,
                 summary=clean_text(raw.summary, MAX_SUMMARY_CHARS) or None if raw.summary else None,
