@@ -207,6 +207,8 @@ def baseline(db_path: Path, tmp: Path) -> None:
 
 
 def main() -> None:
+    if os.environ.get("BENCH_SWITCH"):
+        sys.setswitchinterval(float(os.environ["BENCH_SWITCH"]))
     if os.environ.get("BENCH_TRACEMALLOC"):
         tracemalloc.start()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
