@@ -123,7 +123,7 @@ async def main_async(args: argparse.Namespace) -> None:
     total_obs += report("feeds, first ingest", res, sec, statements["n"])
     t0 = time.perf_counter()
     await store.rescore(utc_now(), settings.score)
-    print(f"  rescore of all stories: {time.perf_counter() - t0:.2f}s")
+    print(f"  rescore of all stories: {time.perf_counter() - t0:.2f}s, RSS {current_rss_mb():.0f} MB")
     steady: list[tuple[int, float]] = []
     for r in range(1, args.rounds + 1):
         async with httpx.AsyncClient() as c:
@@ -137,7 +137,7 @@ async def main_async(args: argparse.Namespace) -> None:
         total_obs += report(f"feeds, round {r}", res, sec, statements["n"])
         t0 = time.perf_counter()
         await store.rescore(utc_now(), settings.score)
-        print(f"  rescore: {time.perf_counter() - t0:.2f}s")
+        print(f"  rescore: {time.perf_counter() - t0:.2f}s, RSS {current_rss_mb():.0f} MB")
     statements["n"] = 0
     res, sec = await poll_all(ctx, feeds)
     report("feeds, 304 round", res, sec, statements["n"])
