@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import heapq
 import re
+import sys
 import zlib
+from array import array
 from collections import OrderedDict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -140,12 +142,14 @@ class TitleFeatures:
 
     grams: frozenset[str]  # CJK bigrams, CJK/Latin boundary bigrams, Latin words and numbers
     ordered_grams: tuple[str, ...]  # the same in reading order, so that lookups are reproducible
-    spans: tuple[tuple[str, int, int], ...]  # each n-gram with the first and last token it covers
-    weighted: tuple[bool, ...]  # per token: does it count (English stopwords and single letters do not)
+    # Per gram of ordered_grams, the tokens its occurrences cover as a bit mask (bit i: token i).
+    # Two ints per title instead of a tuple per n-gram: thousands of titles' features are cached.
+    gram_masks: tuple[int, ...]
+    weighted_mask: int  # the tokens that count (English stopwords and single letters do not)
     weight: int  # number of tokens that count
-    repeats: int  # n-grams occurring more than once (len(spans) - len(grams)), for the score bound
+    repeats: int  # n-grams occurring more than once (spans - distinct grams), for the score bound
     first: str | None  # the first token that counts: where the subject sits
-    tokens: frozenset[str]  # the tokens that count
+    tokens: tuple[str, ...]  # the distinct tokens that count (only ever tested for membership)
     numbers: frozenset[str]  # canonical numbers and scores ("1.5万" → "15000", "第三季" → "3", "2:0")
     names: frozenset[str]  # Latin words inside a mostly Chinese title
     text: str  # boilerplate-free text without spaces, for titles without n-grams
@@ -195,6 +199,10 @@ def _stem(word: str) -> str:
     return word[:-1] if len(word) >= 4 and word.endswith("e") else word
 
 
+_EMPTY: frozenset[str] = frozenset()
+_intern = sys.intern
+
+
 def title_features(norm_title: str) -> TitleFeatures:
     """The n-grams, numbers and names of a normalized title (pure; cache it if you compare often)."""
     text = _VERSION_V_RE.sub("", norm_title)
@@ -203,7 +211,8 @@ def title_features(norm_title: str) -> TitleFeatures:
     text = _INNER_SPACE_RE.sub("", text)
     tokens: list[str] = []
     weighted: list[bool] = []
-    spans: list[tuple[str, int, int]] = []
+    masks: dict[str, int] = {}  # gram → tokens covered, in reading order
+    span_count = 0
     numbers: set[str] = set()
     names: set[str] = set()
     cjk_count = 0
@@ -233,38 +242,44 @@ def title_features(norm_title: str) -> TitleFeatures:
             if counts:
                 token = _stem(token)
                 names.add(token)
+        # Tokens and n-grams recur across titles: interned, the cached features share them.
+        token = _intern(token)
         index = len(tokens)
         if index > run_start and (is_cjk or prev_cjk):
-            spans.append((tokens[-1] + token, index - 1, index))
+            gram = _intern(tokens[-1] + token)
+            masks[gram] = masks.get(gram, 0) | (3 << (index - 1))
+            span_count += 1
         if not is_cjk and counts:
-            spans.append((token, index, index))
+            masks[token] = masks.get(token, 0) | (1 << index)
+            span_count += 1
         tokens.append(token)
         weighted.append(counts)
         prev_cjk = is_cjk
     counted = [t for t, w in zip(tokens, weighted, strict=True) if w]
-    ordered = tuple(dict.fromkeys(gram for gram, _, _ in spans))
+    ordered = tuple(masks)
     return TitleFeatures(
         grams=frozenset(ordered),
         ordered_grams=ordered,
-        spans=tuple(spans),
-        weighted=tuple(weighted),
+        gram_masks=tuple(masks.values()),
+        weighted_mask=sum(1 << i for i, w in enumerate(weighted) if w),
         weight=len(counted),
-        repeats=len(spans) - len(ordered),
+        repeats=span_count - len(ordered),
         first=counted[0] if counted else None,
-        tokens=frozenset(counted),
-        numbers=frozenset(numbers),
-        names=frozenset(names) if cjk_count >= 2 else frozenset(),
+        tokens=tuple(dict.fromkeys(counted)),
+        numbers=frozenset(numbers) if numbers else _EMPTY,
+        names=frozenset(names) if names and cjk_count >= 2 else _EMPTY,
         text="".join(text.split()),
     )
 
 
 def _coverage(a: TitleFeatures, b: TitleFeatures) -> float:
     """Share of a's counting tokens that lie inside an n-gram b also has."""
-    covered = [False] * len(a.weighted)
-    for gram, first, last in a.spans:
-        if gram in b.grams:
-            covered[first] = covered[last] = True
-    return sum(1 for c, w in zip(covered, a.weighted, strict=True) if c and w) / a.weight
+    covered = 0
+    b_grams = b.grams
+    for gram, mask in zip(a.ordered_grams, a.gram_masks, strict=True):
+        if gram in b_grams:
+            covered |= mask
+    return (covered & a.weighted_mask).bit_count() / a.weight
 
 
 def _numbers_conflict(a: frozenset[str], b: frozenset[str]) -> bool:
@@ -314,20 +329,30 @@ def title_similarity(a_norm: str, b_norm: str) -> float:
 
 @dataclass(slots=True)
 class _Story:
-    """Mutable bookkeeping of one active story, private to the index."""
+    """Mutable bookkeeping of one active story, private to the index.
+
+    Tuples, not sets and lists: nearly every story has one source, one wording and one URL,
+    and a 1-tuple is 48 bytes where a set is 216 and a list that was appended to 88.
+    """
 
     last_seen_at: datetime
-    sources: set[str] = field(default_factory=set)
-    # Member titles as text: their features are recomputed (and cached) when compared, which
-    # keeps an active story near a few hundred bytes instead of several kilobytes.
-    titles: list[str] = field(default_factory=list)
-    title_keys: list[str] = field(default_factory=list)
-    urls: list[str] = field(default_factory=list)
+    sources: tuple[str, ...] = ()
+    # Exact wordings (for the dictionary path), in the order they came. The first
+    # MAX_TITLES_PER_STORY are also the member titles that are indexed and compared: their
+    # features are recomputed (and cached) when compared, which keeps an active story near a
+    # few hundred bytes instead of several kilobytes.
+    title_keys: tuple[str, ...] = ()
+    urls: tuple[str, ...] = ()
+
     # Over the member titles: the fewest counting tokens and the most repeated n-grams. With
     # them `match` rules a candidate out from its count of shared n-grams alone, before
     # computing any member's features (the bound of `_similarity`, taken for every member).
     min_weight: int = 1 << 30
     max_repeats: int = 0
+
+    @property
+    def titles(self) -> tuple[str, ...]:
+        return self.title_keys[:MAX_TITLES_PER_STORY]
 
 
 class StoryIndex:
@@ -347,8 +372,10 @@ class StoryIndex:
         self.window_s = window_s
         self._window = timedelta(seconds=window_s)
         self._stories: dict[int, _Story] = {}
-        # n-gram (as a CRC-32, see _gram_key) → the one story holding it, or a set of them.
-        self._postings: dict[int, int | set[int]] = {}
+        # n-gram (as a CRC-32, see _gram_key) → the one story holding it, or several: an array of
+        # ids (8 bytes each, where a set takes about 40) while they are few enough to be read,
+        # a set once the n-gram is a stop-gram (more than MAX_POSTING_STORIES).
+        self._postings: dict[int, int | array[int] | set[int]] = {}
         self._by_url: dict[str, int] = {}
         self._by_title: dict[str, int] = {}
         self._expiry: list[tuple[datetime, int]] = []  # one entry per story; may lag its last_seen_at
@@ -436,28 +463,37 @@ class StoryIndex:
             heapq.heappush(self._expiry, (seen_at, story_id))
         elif seen_at > story.last_seen_at:
             story.last_seen_at = seen_at
-        story.sources.add(source_id)
+        if source_id not in story.sources:
+            story.sources += (source_id,)
         if canonical_url and canonical_url not in self._by_url and len(story.urls) < MAX_KEYS_PER_STORY:
             self._by_url[canonical_url] = story_id
-            story.urls.append(canonical_url)
+            story.urls += (canonical_url,)
         if norm_title in self._by_title:
             return  # this wording is indexed already (here or in a story it was not merged with)
-        if len(story.title_keys) < MAX_KEYS_PER_STORY:
-            self._by_title[norm_title] = story_id
-            story.title_keys.append(norm_title)
-        if len(story.titles) < MAX_TITLES_PER_STORY:
+        if len(story.title_keys) >= MAX_KEYS_PER_STORY:
+            return
+        self._by_title[norm_title] = story_id
+        story.title_keys += (norm_title,)
+        if len(story.title_keys) <= MAX_TITLES_PER_STORY:  # one of the member titles
             features = self._features(norm_title)
-            story.titles.append(norm_title)
             story.min_weight = min(story.min_weight, features.weight)
             story.max_repeats = max(story.max_repeats, features.repeats)
+            # A story's first title: its id is in no posting yet, no need to look.
+            first_title = len(story.title_keys) == 1
+            postings = self._postings
             for gram in features.ordered_grams:
                 key = _gram_key(gram)
-                posting = self._postings.get(key)
+                posting = postings.get(key)
                 if posting is None:
-                    self._postings[key] = story_id
+                    postings[key] = story_id
                 elif isinstance(posting, int):
                     if posting != story_id:
-                        self._postings[key] = {posting, story_id}
+                        postings[key] = array("q", (posting, story_id))
+                elif isinstance(posting, array):
+                    if first_title or story_id not in posting:
+                        posting.append(story_id)
+                        if len(posting) > MAX_POSTING_STORIES:
+                            postings[key] = set(posting)
                 else:
                     posting.add(story_id)
 
@@ -495,7 +531,11 @@ class StoryIndex:
                     if posting == story_id:
                         del self._postings[key]
                     continue
-                posting.discard(story_id)
+                if isinstance(posting, array):
+                    if story_id in posting:
+                        posting.remove(story_id)
+                else:
+                    posting.discard(story_id)
                 if len(posting) == 1:
                     self._postings[key] = next(iter(posting))
                 elif not posting:

@@ -6,8 +6,6 @@ import codecs
 import re
 from urllib.parse import urlsplit
 
-import charset_normalizer
-
 # Pages past this are cut before parsing: an article's text sits in its first megabytes,
 # and lxml's tree of a larger page costs several times its size in memory.
 MAX_INPUT_BYTES = 5 * 1024 * 1024
@@ -184,6 +182,8 @@ def _decode_strict(body: bytes, encoding: str) -> str | None:
 
 
 def _detect(body: bytes) -> str | None:
+    import charset_normalizer  # 2.6 MB of tables: loaded when a page needs its charset guessed
+
     best = charset_normalizer.from_bytes(body[:DETECT_SAMPLE_BYTES]).best()
     return normalize_charset(best.encoding) if best is not None else None
 

@@ -71,15 +71,22 @@ _INVISIBLE = re.compile(
     r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\u061c\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff\ufff9-\ufffb\ud800-\udfff]"
 )
 _SPACES = re.compile(r"\s+")
+# Whitespace that collapsing changes: a run of two or more, or one that is not a plain space.
+# Text without any is returned as the very object it came in as, so that what the identity
+# memo keeps (raw fields and their cleaned forms) is one string, not two equal ones.
+_SPACES_TO_FIX = re.compile(r"\s{2,}|[^\S ]")
 _TOPIC_MARKS = re.compile(r"#([^#]{1,200})#")
 _EDGE_PUNCT = " \t\r\n#【】[]「」『』《》\"'“”‘’:：,，.。!！?？;；|｜-—~·…"
 
 
 def clean_text(text: str, limit: int) -> str:
     """Unescape HTML entities, drop invisible characters, collapse whitespace, cap length."""
-    text = html.unescape(text) if "&" in text else text
+    if "&" in text:
+        unescaped = html.unescape(text)
+        if unescaped != text:  # a URL's "&utm_source=" is no entity: keep the same object
+            text = unescaped
     text = _INVISIBLE.sub("", text)
-    text = _SPACES.sub(" ", text).strip()
+    text = _SPACES_TO_FIX.sub(" ", text).strip()
     return text[:limit]
 
 
@@ -88,7 +95,9 @@ def normalize_title(title: str) -> str:
     text = unicodedata.normalize("NFKC", title)
     text = _TOPIC_MARKS.sub(r"\1", text)
     text = _SPACES.sub(" ", text).strip(_EDGE_PUNCT)
-    return text.lower()
+    lowered = text.lower()
+    # A title already normalized (most Chinese ones) stays one string object, not two.
+    return title if lowered == title else lowered
 
 
 def _is_tracking(name: str) -> bool:
@@ -195,6 +204,8 @@ def _identity(source_id: str, raw_title: str, raw_url: str | None, raw_native_id
     if url is not None and len(url) > MAX_URL_CHARS:
         url = None  # cut short it would point somewhere else
     canon = canonical_url(url)
+    if canon is not None and canon == url:
+        canon = url  # one string object for both
     norm = normalize_title(title)
     native_id = clean_text(raw_native_id, 200) if raw_native_id else None
     key = item_key(source_id, native_id or canon or norm)

@@ -46,16 +46,16 @@ def _signature(title: str, url: str | None, summary: str | None) -> int:
 class StoryAssigner:
     """Which story each item belongs to: known items keep theirs, new ones are clustered.
 
-    `known` holds the items seen within the dedupe window (item id → story id and a
-    signature of what the store has), so a poll of a list it knows writes no item rows.
+    `known` holds the items seen within the dedupe window (item id → story id, a signature
+    of what the store has, and when the item was last seen), so a poll of a list it knows
+    writes no item rows.
     A new item joins the active story whose URL or title it matches (`dedupe`), else it
     starts one with its own id.
     """
 
     window_s: float
     threshold: float = DEFAULT_THRESHOLD
-    known: dict[int, tuple[int, int]] = field(default_factory=dict)
-    seen_at: dict[int, datetime] = field(default_factory=dict)
+    known: dict[int, tuple[int, int, datetime]] = field(default_factory=dict)
     index: StoryIndex = field(init=False)
 
     def __post_init__(self) -> None:
@@ -63,8 +63,7 @@ class StoryAssigner:
 
     def load(self, active: Sequence[ActiveItem]) -> None:
         for a in active:
-            self.known[a.item_id] = (a.story_id, _signature(a.title, a.url, a.summary))
-            self.seen_at[a.item_id] = a.last_seen_at
+            self.known[a.item_id] = (a.story_id, _signature(a.title, a.url, a.summary), a.last_seen_at)
             self.index.add_item(a.story_id, normalize_title(a.title), a.canonical_url, a.source_id, a.last_seen_at)
 
     def assign(self, items: Sequence[Item], now: datetime) -> tuple[list[int], list[bool]]:
@@ -93,12 +92,13 @@ class StoryAssigner:
         upserted item belongs to (empty before the write: the proposals stand)."""
         for it, proposed, wrote in zip(items, story_ids, upserted, strict=True):
             story = stories.get(it.item_id, proposed)
+            if story == proposed:
+                story = proposed  # one int object for the id, not another from each database row
             if wrote or it.item_id not in self.known:
                 self.index.add_item(story, it.norm_title, it.canonical_url, it.source_id, now)
             else:
                 self.index.touch(story, now)
-            self.known[it.item_id] = (story, _signature(it.title, it.url, it.summary))
-            self.seen_at[it.item_id] = now
+            self.known[it.item_id] = (story, _signature(it.title, it.url, it.summary), now)
 
     def correct(
         self, items: Sequence[Item], story_ids: Sequence[int], stories: Mapping[int, int], now: datetime
@@ -109,7 +109,7 @@ class StoryAssigner:
             real = stories.get(it.item_id, proposed)
             if real != proposed:
                 self.index.add_item(real, it.norm_title, it.canonical_url, it.source_id, now)
-                self.known[it.item_id] = (real, _signature(it.title, it.url, it.summary))
+                self.known[it.item_id] = (real, _signature(it.title, it.url, it.summary), now)
 
     def forget(self, items: Sequence[Item], upserted: Sequence[bool]) -> None:
         """A write committed ahead of its result failed: the items it was to write are
@@ -117,14 +117,12 @@ class StoryAssigner:
         for it, wrote in zip(items, upserted, strict=True):
             if wrote:
                 self.known.pop(it.item_id, None)
-                self.seen_at.pop(it.item_id, None)
 
     def expire(self, now: datetime) -> int:
         cutoff = now - timedelta(seconds=self.window_s)
-        old = [iid for iid, at in self.seen_at.items() if at < cutoff]
+        old = [iid for iid, entry in self.known.items() if entry[2] < cutoff]
         for iid in old:
-            del self.seen_at[iid]
-            self.known.pop(iid, None)
+            del self.known[iid]
         self.index.expire(now)
         return len(old)
 

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +34,22 @@ from aggregator.store.schema import UtcDateTime, items, meta, observations, poll
 STALE_LIST_S = 24 * 3600.0
 # Scores under this (rounded to one decimal it is 0.0) and off every list leave ranked_items.
 SCORE_FLOOR = 0.05
+# Rows per executemany in `rescore`: the parameter dicts of every active story at once are
+# tens of megabytes that stay in the process as free memory after the job.
+RESCORE_BATCH = 1000
+# Rows per fetch when `rescore` reads every active story and listed observation.
+READ_BATCH = 1000
+
+
+def _batched(rows: Iterable[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:
+    batch: list[dict[str, Any]] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,30 +314,46 @@ class Store:
             )
             .where(sources.c.enabled.is_(True), observations.c.collected_at >= fresh)
         )
-        async with self.engine.connect() as conn:
-            rows = (await conn.execute(q)).all()
-        length: dict[int, int] = {}
-        top_heat: dict[int, float] = {}
-        for r in rows:
-            length[r.poll_id] = max(length.get(r.poll_id, 0), r.rank)
-            if r.heat is not None:
-                top_heat[r.poll_id] = max(top_heat.get(r.poll_id, 0.0), r.heat)
-        return [
-            (
-                r.item_id,
-                ListEntry(
-                    r.story_id,
-                    r.source_id,
-                    r.rank,
-                    length[r.poll_id],
-                    r.heat,
-                    top_heat.get(r.poll_id),
-                    r.weight,
-                    r.collected_at,
-                ),
+        # Each list's length and top heat first (one small query on the polls' primary key), so
+        # that the observations are then read once, in batches, instead of all held at once.
+        # (A window function or GROUP BY on the query above makes SQLite scan every observation.)
+        lists = (
+            sa.select(observations.c.poll_id, sa.func.max(observations.c.rank), sa.func.max(observations.c.heat))
+            .where(
+                observations.c.poll_id.in_(sa.select(last_ok).where(sources.c.enabled.is_(True))),
+                observations.c.collected_at >= fresh,
             )
-            for r in rows
-        ]
+            .group_by(observations.c.poll_id)
+        )
+        out: list[tuple[int, ListEntry]] = []
+        # Every row of one list repeats its source, time and weight: one object each.
+        shared: dict[Any, Any] = {}
+        async with self.engine.connect() as conn:
+            length: dict[int, int] = {}
+            top_heat: dict[int, float] = {}
+            for poll_id, longest, top in await conn.execute(lists):
+                length[poll_id] = max(longest, 0)
+                if top is not None:
+                    top_heat[poll_id] = max(top, 0.0)
+            result = await conn.stream(q)
+            async for part in result.partitions(READ_BATCH):
+                for r in part:
+                    out.append(
+                        (
+                            r.item_id,
+                            ListEntry(
+                                r.story_id,
+                                shared.setdefault(r.source_id, r.source_id),
+                                r.rank,
+                                length[r.poll_id],
+                                r.heat,
+                                top_heat.get(r.poll_id),
+                                shared.setdefault(("weight", r.source_id), r.weight),
+                                shared.setdefault(r.collected_at, r.collected_at),
+                            ),
+                        )
+                    )
+        return out
 
     async def story_heats(
         self, now: datetime, settings: ScoreSettings, current: list[tuple[int, ListEntry]] | None = None
@@ -331,16 +363,20 @@ class Store:
             current = await self.current_entries(now)
         entries = [e for _, e in current]
         since = now - timedelta(seconds=settings.active_window)
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(stories.c.id, stories.c.first_seen_at, stories.c.last_seen_at, stories.c.base_heat).where(
-                        sa.or_(stories.c.last_seen_at >= since, stories.c.score > 0)
-                    )
-                )
-            ).all()
-        first_seen = {r.id: r.first_seen_at for r in rows}
         listed = {e.story_id for e in entries}
+        first_seen: dict[int, datetime] = {}
+        unlisted: dict[int, StoryHeat] = {}
+        q = sa.select(stories.c.id, stories.c.first_seen_at, stories.c.last_seen_at, stories.c.base_heat).where(
+            sa.or_(stories.c.last_seen_at >= since, stories.c.score > 0)
+        )
+        async with self.engine.connect() as conn:
+            result = await conn.stream(q)
+            async for part in result.partitions(READ_BATCH):
+                for r in part:
+                    if r.id in listed:
+                        first_seen[r.id] = r.first_seen_at
+                    else:
+                        unlisted[r.id] = unlisted_heat(r.id, r.base_heat, r.last_seen_at, now, settings)
         missing = listed - first_seen.keys()
         if missing:
             async with self.engine.connect() as conn:
@@ -349,9 +385,7 @@ class Store:
                 )
                 first_seen.update({r.id: r.first_seen_at for r in extra})
         heats = listed_heats(entries, first_seen, now, settings)
-        for r in rows:
-            if r.id not in heats:
-                heats[r.id] = unlisted_heat(r.id, r.base_heat, r.last_seen_at, now, settings)
+        heats.update(unlisted)
         return heats
 
     @contextlib.asynccontextmanager
@@ -375,24 +409,29 @@ class Store:
             heats = await self.story_heats(now, settings, current)
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _store_error(exc, "cannot read the lists to score") from exc
-        scored = score_all(heats)
-        rows = []
-        history = []
+        scores = score_all(heats).scores
         for sid, h in heats.items():
-            score = scored.scores[sid]
-            if not h.on_list and score < SCORE_FLOOR:
-                score = 0.0
-            row = dict(
-                b_id=sid,
-                b_heat=h.heat,
-                b_score=score,
-                b_at=now,
-                b_base=h.heat if h.on_list else h.base_heat,
-                b_last=h.last_seen_at or now,
-            )
-            rows.append(row)
-            if record_history and score > 0:
-                history.append(dict(story_id=sid, scored_at=now, heat=h.heat, score=score))
+            if not h.on_list and scores[sid] < SCORE_FLOOR:
+                scores[sid] = 0.0
+
+        def story_rows() -> Iterator[dict[str, Any]]:
+            for sid, h in heats.items():
+                heat = h.heat
+                yield dict(
+                    b_id=sid,
+                    b_heat=heat,
+                    b_score=scores[sid],
+                    b_at=now,
+                    b_base=heat if h.on_list else h.base_heat,
+                    b_last=h.last_seen_at or now,
+                )
+
+        def history_rows() -> Iterator[dict[str, Any]]:
+            if record_history:
+                for sid, h in heats.items():
+                    if scores[sid] > 0:
+                        yield dict(story_id=sid, scored_at=now, heat=h.heat, score=scores[sid])
+
         stmt = (
             stories.update()
             .where(stories.c.id == sa.bindparam("b_id"))
@@ -408,7 +447,7 @@ class Store:
                 ),
             )
         )
-        seen = [dict(b_id=iid, b_at=e.collected_at, b_rank=e.rank) for iid, e in current]
+        seen = (dict(b_id=iid, b_at=e.collected_at, b_rank=e.rank) for iid, e in current)
         refresh = (
             items.update()
             .where(
@@ -429,16 +468,16 @@ class Store:
         )
         try:
             async with self._begin() as conn:
-                if seen:
-                    await conn.execute(refresh, seen)
-                if rows:
-                    await conn.execute(stmt, rows)
-                if history:
-                    ins = _upsert(conn, story_scores)
-                    await conn.execute(ins.on_conflict_do_nothing(), history)
+                for batch in _batched(seen, RESCORE_BATCH):
+                    await conn.execute(refresh, batch)
+                for batch in _batched(story_rows(), RESCORE_BATCH):
+                    await conn.execute(stmt, batch)
+                ins = _upsert(conn, story_scores).on_conflict_do_nothing()
+                for batch in _batched(history_rows(), RESCORE_BATCH):
+                    await conn.execute(ins, batch)
         except (OperationalError, DBAPIError) as exc:
             raise _store_error(exc, "cannot store scores") from exc
-        return len(rows)
+        return len(heats)
 
     # -- leases: several daemons sharing one database ---------------------------------------
 
