@@ -27,6 +27,7 @@ from aggregator.models import Item, PollResult, SourceState
 from aggregator.score import ListEntry, StoryHeat, listed_heats, score_all, unlisted_heat
 from aggregator.settings import ScoreSettings, SourceSettings, StoreSettings, display_name
 from aggregator.store import engine as engine_mod
+from aggregator.store.gate import WriterGate
 from aggregator.store.schema import UtcDateTime, items, meta, observations, polls, sources, stories, story_scores
 
 # A source whose last good list is older than this no longer counts as "on the list":
@@ -127,16 +128,23 @@ class Store:
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else engine
         # SQLite has one writer at a time anyway: queueing writers here, not in SQLite's busy
         # handler (which sleeps and retries), keeps one connection busy instead of many.
-        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite else None
+        # Polls go onto the writer thread's queue; other writers hold the gate alone.
+        self._gate: WriterGate[PollWrite, PollWritten] | None = None
+        if self._poll_thread is not None:
+            self._gate = WriterGate(self._poll_thread, self._record_sqlite)
+        self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite and self._gate is None else None
 
     @contextlib.asynccontextmanager
     async def _begin(self) -> AsyncIterator[AsyncConnection]:
-        if self._write_lock is None:
+        if self._gate is not None:
+            async with self._gate.exclusive(), self._writer.begin() as conn:
+                yield conn
+        elif self._write_lock is not None:
+            async with self._write_lock, self._writer.begin() as conn:
+                yield conn
+        else:
             async with self._writer.begin() as conn:
                 yield conn
-            return
-        async with self._write_lock, self._writer.begin() as conn:
-            yield conn
 
     @classmethod
     async def open(
@@ -261,15 +269,15 @@ class Store:
         """Write one poll in one transaction (see `_record_poll`).
 
         On SQLite the whole transaction runs in the writer thread on its own connection:
-        one hand-off per poll. On PostgreSQL it runs on an asyncpg connection.
+        one hand-off per poll, queued when this coroutine first runs, so polls are written
+        in the order their record_poll tasks start. On PostgreSQL it runs on an asyncpg
+        connection.
         """
         try:
-            if self._poll_writer is None:
+            if self._gate is None:
                 async with self._begin() as conn:
                     return await conn.run_sync(_record_poll, w)
-            assert self._write_lock is not None
-            async with self._write_lock:
-                return await asyncio.get_running_loop().run_in_executor(self._poll_thread, self._record_sqlite, w)
+            return await self._gate.submit(w)
         except IntegrityError:
             raise  # a bug: the pipeline gave inconsistent rows
         except (OperationalError, DBAPIError, OSError) as exc:

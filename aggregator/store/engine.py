@@ -71,6 +71,14 @@ def make_sqlite_writer(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engi
         max_overflow=0,
     )
     _sqlite_events(writer, busy_timeout_s)
+
+    @event.listens_for(writer, "connect")
+    def _writer_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        # A multi-row INSERT keeps a statement journal of the pages it changes (to undo
+        # just that statement); past 64 KiB SQLite spills it to a new temporary file,
+        # which was one file created and deleted per poll. Writes only: it stays small.
+        dbapi_connection.execute("PRAGMA temp_store=MEMORY")
+
     return writer
 
 
