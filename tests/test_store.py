@@ -99,6 +99,30 @@ async def test_second_poll_adds_observations_not_items(store_url: str) -> None:
         await store.close()
 
 
+async def test_a_batch_of_new_and_stored_items_keeps_the_stored_story(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        one = await store.record_poll(poll_write("weibo", ["甲", "乙"], T0))
+        # After a restart the pipeline knows neither 乙 nor 丁 and proposes stories for both:
+        # 乙 is stored already and keeps its story, 丁 is new.
+        w2 = poll_write("weibo", ["乙", "丁"], T0 + timedelta(minutes=2))
+        proposed = [w2.items[1].item_id, w2.items[1].item_id]  # both into 丁's new story
+        two = await store.record_poll(dataclasses.replace(w2, story_ids=proposed))
+        stored_b = one.stories[w2.items[0].item_id]
+        assert stored_b == w2.items[0].item_id
+        assert two.new_count == 1
+        assert two.stories == {w2.items[0].item_id: stored_b, w2.items[1].item_id: w2.items[1].item_id}
+        async with store.engine.connect() as conn:
+            rows = (await conn.execute(sa.text("SELECT title, story_id FROM items ORDER BY title"))).all()
+            by_title = {r.title: r.story_id for r in rows}
+            assert by_title["乙"] == stored_b and by_title["丁"] == w2.items[1].item_id
+            assert (await conn.execute(sa.text("SELECT count(*) FROM items"))).scalar_one() == 3
+            polls = (await conn.execute(sa.text("SELECT id, new_count FROM polls ORDER BY id"))).all()
+            assert [(p.id, p.new_count) for p in polls] == [(one.poll_id, 2), (two.poll_id, 1)]
+    finally:
+        await store.close()
+
+
 async def test_failed_poll_keeps_the_previous_list(store_url: str) -> None:
     store = await open_store(store_url)
     try:

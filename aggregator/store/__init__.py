@@ -27,6 +27,7 @@ from aggregator.models import Item, PollResult, SourceState
 from aggregator.score import ListEntry, StoryHeat, listed_heats, score_all, unlisted_heat
 from aggregator.settings import ScoreSettings, SourceSettings, StoreSettings, display_name
 from aggregator.store import engine as engine_mod
+from aggregator.store.checkpoint import Checkpointer
 from aggregator.store.gate import WriterGate
 from aggregator.store.schema import UtcDateTime, items, meta, observations, polls, sources, stories, story_scores
 
@@ -120,10 +121,12 @@ class Store:
         # SQLite: polls are written by one thread on its own synchronous connection.
         self._poll_writer: sa.Engine | None = None
         self._poll_thread: ThreadPoolExecutor | None = None
+        self._checkpointer: Checkpointer | None = None
         if self.is_sqlite and engine.url.database not in (None, "", ":memory:"):
             self._poll_writer = engine_mod.make_sqlite_writer(engine, busy_timeout_s=busy_timeout_s)
             self._poll_writer = self._poll_writer.execution_options(sqlite_begin="IMMEDIATE")
             self._poll_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="aggregator-poll-writer")
+            self._checkpointer = Checkpointer(engine_mod.make_sqlite_sync(engine, busy_timeout_s=busy_timeout_s))
         # Writers on SQLite take the lock at BEGIN (see engine._on_begin).
         self._writer = engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else engine
         # SQLite has one writer at a time anyway: queueing writers here, not in SQLite's busy
@@ -191,6 +194,8 @@ class Store:
             # The writer's connection is closed on the thread that used it.
             await asyncio.get_running_loop().run_in_executor(self._poll_thread, self._poll_writer.engine.dispose)
             self._poll_thread.shutdown(wait=True)
+        if self._checkpointer is not None:
+            await asyncio.to_thread(self._checkpointer.close)
         await self.engine.dispose()
 
     # -- sources -------------------------------------------------------------------------
@@ -286,7 +291,10 @@ class Store:
     def _record_sqlite(self, w: PollWrite) -> PollWritten:
         assert self._poll_writer is not None
         with self._poll_writer.begin() as conn:
-            return _record_poll(conn, w)
+            written = _record_poll(conn, w)
+        if self._checkpointer is not None:
+            self._checkpointer.committed()
+        return written
 
     # -- stories for the clustering index --------------------------------------------------
 
@@ -902,6 +910,13 @@ def _insert_statement(table: sa.Table, returning: str | None, dialect_name: str)
     return stmt
 
 
+@functools.cache
+def _rowid_column(table: sa.Table) -> sa.Column[Any] | None:
+    """The column that is SQLite's rowid: a lone INTEGER primary key."""
+    pk = list(table.primary_key.columns)
+    return pk[0] if len(pk) == 1 and isinstance(pk[0].type, sa.Integer) else None
+
+
 # Rows per multi-row INSERT on SQLite: one statement (and one step of SQLite's, with the
 # GIL released once) instead of a step per row; 500 rows of 14 columns stay far under
 # SQLite's 32,766 parameters.
@@ -916,15 +931,22 @@ def _compiled_insert(stmt: Any, columns: tuple[str, ...], rows: int, dialect: Di
     return str(compiled)
 
 
-def _sqlite_insert(
+def _sqlite_chunks(
     conn: sa.Connection, stmt: Any, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
-) -> list[Any]:
-    """`rows` through multi-row INSERTs compiled once per row count; what RETURNING gives, as driver values."""
-    out: list[Any] = []
+) -> Iterator[sa.CursorResult[Any]]:
+    """`rows` through multi-row INSERTs compiled once per row count: each chunk's result."""
     for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
         chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT]
         sql = _compiled_insert(stmt, columns, len(chunk), conn.dialect)
-        result = conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+        yield conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
+
+
+def _sqlite_insert(
+    conn: sa.Connection, stmt: Any, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
+) -> list[Any]:
+    """`rows` through multi-row INSERTs; what RETURNING gives, as driver values."""
+    out: list[Any] = []
+    for result in _sqlite_chunks(conn, stmt, columns, rows):
         if result.returns_rows:
             out.extend(result.all())
     return out
@@ -934,10 +956,15 @@ def _insert(
     conn: sa.Connection, table: sa.Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]], returning: str | None
 ) -> Any:
     """Insert `rows` (tuples in `columns` order, times as `_db_time` gives them); one RETURNING value for one row."""
-    stmt = _insert_statement(table, returning, conn.dialect.name)
     if conn.dialect.name == "sqlite":
-        returned = _sqlite_insert(conn, stmt, columns, rows)
+        if returning is not None and len(rows) == 1 and table.c[returning] is _rowid_column(table):
+            # The rowid from the cursor instead of RETURNING: a RETURNING row is one more
+            # step of SQLite's, and each step gives up the GIL and must win it back.
+            sql = _compiled_insert(_insert_statement(table, None, "sqlite"), columns, 1, conn.dialect)
+            return conn.exec_driver_sql(sql, rows[0]).lastrowid
+        returned = _sqlite_insert(conn, _insert_statement(table, returning, "sqlite"), columns, rows)
         return returned[0][0] if returning is not None else None
+    stmt = _insert_statement(table, returning, conn.dialect.name)
     dicts = [dict(zip(columns, r, strict=True)) for r in rows]
     if returning is not None:
         return conn.execute(stmt, dicts[0]).scalar_one()
@@ -951,6 +978,12 @@ def _db_time(conn: sa.Connection, at: datetime) -> Any:
 
 
 _TIME = UtcDateTime()
+
+
+@functools.cache
+def _items_insert_new() -> Any:
+    """SQLite: insert the items that are not stored yet, leave the others alone."""
+    return _upsert_dialect("sqlite", items).on_conflict_do_nothing()
 
 
 @functools.cache
@@ -1010,11 +1043,20 @@ def _record_poll(conn: sa.Connection, w: PollWrite) -> PollWritten:
         ]
         upsert = _items_upsert(conn.dialect.name)
         if conn.dialect.name == "sqlite":
-            # first_seen_at comes back as stored: SQLite's text, to the second, like at_db.
-            for item_id, story_id, first_seen in _sqlite_insert(conn, upsert, _ITEM_COLUMNS, item_rows):
-                real_story[item_id] = story_id
-                if first_seen == at_db:
-                    new_ids.add(item_id)
+            # Mostly the items are new to the database too: inserting them with DO NOTHING
+            # is one step of SQLite's, where RETURNING takes a step per row and each step
+            # gives up the GIL and must win it back. Only when some item was there already
+            # does the upsert run, and tell with RETURNING which ones were new.
+            inserted = sum(r.rowcount for r in _sqlite_chunks(conn, _items_insert_new(), _ITEM_COLUMNS, item_rows))
+            if inserted == len(item_rows):
+                new_ids.update(it.item_id for it in batch)
+                real_story.update((it.item_id, proposed[it.item_id]) for it in batch)
+            else:
+                # first_seen_at comes back as stored: SQLite's text, to the second, like at_db.
+                for item_id, story_id, first_seen in _sqlite_insert(conn, upsert, _ITEM_COLUMNS, item_rows):
+                    real_story[item_id] = story_id
+                    if first_seen == at_db:
+                        new_ids.add(item_id)
         else:
             second = at.replace(microsecond=0)
             returned = conn.execute(upsert, [dict(zip(_ITEM_COLUMNS, r, strict=True)) for r in item_rows])
