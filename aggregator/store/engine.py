@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from aggregator.errors import StoreError
 from aggregator.resources import migrations_dir
+from aggregator.store.checkpoint import BACKSTOP_AUTOCHECKPOINT_PAGES
 
 # Written into aggregator_meta by migration runs: a database with our tables but another
 # application id is not ours.
@@ -56,21 +57,28 @@ def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_over
     return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
-def make_sqlite_writer(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engine:
-    """A synchronous engine on the same SQLite database, for the one thread that writes polls.
-
-    A poll's transaction then costs one hand-off to that thread instead of one per
-    statement through aiosqlite. One connection: SQLite has one writer at a time anyway.
-    """
+def make_sqlite_sync(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engine:
+    """A synchronous engine of one connection on the same SQLite database, for one thread."""
     url = engine.url.set(drivername="sqlite+pysqlite")
-    writer = sa.create_engine(
+    sync = sa.create_engine(
         url,
         connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
         poolclass=sa.pool.QueuePool,
         pool_size=1,
         max_overflow=0,
     )
-    _sqlite_events(writer, busy_timeout_s)
+    _sqlite_events(sync, busy_timeout_s)
+    return sync
+
+
+def make_sqlite_writer(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engine:
+    """The engine of the one thread that writes polls.
+
+    A poll's transaction then costs one hand-off to that thread instead of one per
+    statement through aiosqlite. One connection: SQLite has one writer at a time anyway.
+    Its WAL checkpoints are `checkpoint.Checkpointer`'s, on another thread.
+    """
+    writer = make_sqlite_sync(engine, busy_timeout_s=busy_timeout_s)
 
     @event.listens_for(writer, "connect")
     def _writer_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -78,6 +86,7 @@ def make_sqlite_writer(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engi
         # just that statement); past 64 KiB SQLite spills it to a new temporary file,
         # which was one file created and deleted per poll. Writes only: it stays small.
         dbapi_connection.execute("PRAGMA temp_store=MEMORY")
+        dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_AUTOCHECKPOINT_PAGES}")
 
     return writer
 
