@@ -78,11 +78,12 @@ def select_sources(settings: Settings, ids: Sequence[str] | None) -> list[Source
 
 # The interpreter's default 5 ms switch interval: how long a thread waiting for the GIL waits
 # before the running one is asked to drop it. SQLite's poll writer thread gives the GIL up
-# for every step it takes in C and needs it back a dozen times per poll, while the event
+# for every step it takes in C and needs it back about ten times per poll, while the event
 # loop runs Python for milliseconds at a time: at 5 ms each poll's write waited far longer
-# than it worked, and the writer, not the CPU, set the pace (bench/ingest.py: 4,800-4,900
-# observations/s at 5 ms, 6,200-7,400 at 0.1-0.2 ms, the same CPU per poll).
-WRITER_SWITCH_INTERVAL_S = 0.0002
+# than it worked, and the writer, not the CPU, set the pace. bench/ingest.py, steady JSON
+# lists: 4,800-4,900 observations/s at 5 ms, 5,000-6,700 at 0.2 ms, 6,600-7,500 at 0.1 ms,
+# 5,700-6,100 at 0.05 ms (where the loop loses more to switching than the writer gains).
+WRITER_SWITCH_INTERVAL_S = 0.0001
 
 
 async def open_context(settings: Settings, store: Store) -> PollContext:
