@@ -132,6 +132,7 @@ _CN_NUMBER_RE = re.compile(
     rf"|[{_CN_NUM}]*[十百千][{_CN_NUM}]+|[{_CN_NUM}]+[十百千][{_CN_NUM}]*"
     rf"|[零〇一二三四五六七八九]{{3,}}"
 )
+_CN_NUM_CHARS = frozenset(_CN_NUM)
 _NUMBER_SCALE = {"万": 1e4, "亿": 1e8}
 _SCORE_SPLIT_RE = re.compile(r"\s*[:：比]\s*")
 
@@ -205,10 +206,13 @@ _intern = sys.intern
 
 def title_features(norm_title: str) -> TitleFeatures:
     """The n-grams, numbers and names of a normalized title (pure; cache it if you compare often)."""
-    text = _VERSION_V_RE.sub("", norm_title)
-    text = _CN_NUMBER_RE.sub(lambda m: str(_cn_to_int(m.group())), text)
+    # Each pass only where it can apply: most titles have no "v", no Chinese numeral, no space.
+    text = _VERSION_V_RE.sub("", norm_title) if "v" in norm_title else norm_title
+    if not _CN_NUM_CHARS.isdisjoint(text):
+        text = _CN_NUMBER_RE.sub(lambda m: str(_cn_to_int(m.group())), text)
     text = _BOILERPLATE_RE.sub(" ", text)
-    text = _INNER_SPACE_RE.sub("", text)
+    if not text.isalnum():  # whitespace is never alphanumeric
+        text = _INNER_SPACE_RE.sub("", text)
     tokens: list[str] = []
     weighted: list[bool] = []
     masks: dict[str, int] = {}  # gram → tokens covered, in reading order
