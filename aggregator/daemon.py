@@ -37,6 +37,7 @@ from aggregator.store import Store
 from aggregator.store.engine import sqlite_path
 from aggregator.store.lock import DaemonLock
 from aggregator.store.maintenance import apply_retention, write_heartbeat
+from aggregator.store.migrate import upgrade_in_child
 from aggregator.watchdog import start_watchdog
 
 log = logging.getLogger("aggregator.daemon")
@@ -379,7 +380,9 @@ class Daemon:
         if lock is not None:
             lock.acquire()
         try:
-            store = await Store.from_settings(settings.store)
+            # The migrations run in a child process: Alembic never loads into the long-running daemon.
+            await upgrade_in_child(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout)
+            store = await Store.from_settings(settings.store, upgrade=False)
             try:
                 self.ctx = await open_context(settings, store)
                 states = await store.source_states()

@@ -540,7 +540,8 @@ async def test_refuses_a_foreign_or_newer_database_and_leaves_it_untouched(tmp_p
         message = "which this version of aggregator does not know (it was written by a newer version)"
     before = db.read_bytes()
     config = health_config(tmp_path)
-    for args, code in ((("run", "--once"), 2), (("db", "upgrade"), 2), (("db", "check"), 2), (("health",), 1)):
+    commands = ((("run",), 2), (("run", "--once"), 2), (("db", "upgrade"), 2), (("db", "check"), 2), (("health",), 1))
+    for args, code in commands:
         done = cli(*args, config=config)
         assert done.returncode == code, (args, done.stdout, done.stderr)
         assert message in done.stdout + done.stderr, (args, done.stdout, done.stderr)

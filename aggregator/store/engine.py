@@ -1,15 +1,19 @@
-"""Opening the database: engines with SQLite pragmas, migrations, ownership checks."""
+"""Opening the database: engines with SQLite pragmas, migrations, ownership checks.
+
+Alembic (with Mako, ~12 MB of a process's memory) is imported only by `upgrade`: the
+revision checks read the migration files and the alembic_version table themselves, so
+a daemon whose migrations ran in a child process (aggregator.store.migrate) never loads it.
+"""
 
 from __future__ import annotations
 
+import ast
+import functools
 import sqlite3
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
@@ -18,6 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from aggregator.errors import StoreError
 from aggregator.resources import migrations_dir
 from aggregator.store.checkpoint import BACKSTOP_AUTOCHECKPOINT_PAGES
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 # Written into aggregator_meta by migration runs: a database with our tables but another
 # application id is not ours.
@@ -119,6 +126,8 @@ def _sqlite_events(sync_engine: sa.Engine, busy_timeout_s: float) -> None:
 
 
 def _alembic_config(connection: Connection | None = None) -> Config:
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
     if connection is not None:
@@ -126,23 +135,48 @@ def _alembic_config(connection: Connection | None = None) -> Config:
     return config
 
 
+@functools.cache
+def _revisions() -> dict[str, tuple[str, ...]]:
+    """Every migration's revision id and the ids it revises, read from the files without Alembic."""
+    out: dict[str, tuple[str, ...]] = {}
+    for path in sorted((migrations_dir() / "versions").glob("*.py")):
+        values: dict[str, Any] = {}
+        for node in ast.parse(path.read_text(encoding="utf-8"), str(path)).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                if node.targets[0].id in ("revision", "down_revision"):
+                    values[node.targets[0].id] = ast.literal_eval(node.value)
+        revision = values.get("revision")
+        if not isinstance(revision, str):
+            continue  # not a migration (Alembic skips such files too)
+        down = values.get("down_revision")
+        out[revision] = (down,) if isinstance(down, str) else tuple(down or ())
+    return out
+
+
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(_alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    revisions = _revisions()
+    revised = {down for downs in revisions.values() for down in downs}
+    heads = [rev for rev in revisions if rev not in revised]
+    assert len(heads) == 1, f"the migrations in {migrations_dir()} have {len(heads)} heads: {heads}"
+    return heads[0]
 
 
 def _current_revision(connection: Connection) -> str | None:
-    return MigrationContext.configure(connection).get_current_revision()
+    """The revision in alembic_version (None when the table is absent or empty), as Alembic reads it."""
+    if not sa.inspect(connection).has_table("alembic_version"):
+        return None
+    rows = [r[0] for r in connection.execute(sa.text("SELECT version_num FROM alembic_version"))]
+    if len(rows) > 1:
+        raise StoreError(f"database has several schema revisions ({', '.join(sorted(rows))}); refusing to touch it")
+    return rows[0] if rows else None
 
 
 def _check_ours(connection: Connection) -> None:
     """Refuse a database that is newer than this code or belongs to something else."""
     inspector = sa.inspect(connection)
     tables = set(inspector.get_table_names())
-    script = ScriptDirectory.from_config(_alembic_config())
     current = _current_revision(connection)
-    if current is not None and not _known(script, current):
+    if current is not None and not _known(current):
         raise StoreError(
             f"database is at schema revision {current!r}, which this version of aggregator does not know "
             "(it was written by a newer version); upgrade aggregator, or use a backup"
@@ -176,8 +210,7 @@ def precheck_sqlite(path: Path) -> None:
         raise StoreError(f"{path} is not a SQLite database ({exc}); refusing to touch it") from exc
     finally:
         db.close()
-    script = ScriptDirectory.from_config(_alembic_config())
-    if current is not None and not _known(script, current):
+    if current is not None and not _known(current):
         raise StoreError(
             f"database is at schema revision {current!r}, which this version of aggregator does not know "
             "(it was written by a newer version); upgrade aggregator, or use a backup"
@@ -189,11 +222,8 @@ def precheck_sqlite(path: Path) -> None:
         )
 
 
-def _known(script: ScriptDirectory, revision: str) -> bool:
-    try:
-        return script.get_revision(revision) is not None
-    except Exception:  # alembic raises several types for unknown ids
-        return False
+def _known(revision: str) -> bool:
+    return revision in _revisions()
 
 
 # Key of the PostgreSQL advisory lock that serializes migrations: several daemons

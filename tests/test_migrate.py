@@ -1,0 +1,213 @@
+"""Migrations in a child process, and a daemon process that never imports Alembic."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from alembic.script import ScriptDirectory
+
+from aggregator.errors import StoreError
+from aggregator.store import Store, engine
+from aggregator.store.migrate import ERROR_PREFIX, EXIT_STORE_ERROR, MODULE, upgrade_in_child
+from tests.conftest import LoopbackServer, wait_for
+from tests.test_daemon import query, serve_defaults, settings_file
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite+aiosqlite:///{path}"
+
+
+def tables(path: Path) -> set[str]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    finally:
+        db.close()
+
+
+def scalar(path: Path, sql: str) -> object:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return db.execute(sql).fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_head_revision_is_alembics_without_importing_it() -> None:
+    script = ScriptDirectory.from_config(engine._alembic_config())
+    assert script.get_heads() == [engine.head_revision()]
+    downs = {rev.revision: rev.down_revision for rev in script.walk_revisions()}
+    assert {rev: (down,) if isinstance(down, str) else tuple(down or ()) for rev, down in downs.items()} == (
+        engine._revisions()
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from aggregator.store import engine; "
+            "print(engine.head_revision(), engine._known('0001'), engine._known('9999'), 'alembic' in sys.modules)",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert done.stdout.split() == [engine.head_revision(), "True", "False", "False"]
+
+
+async def test_child_migration_creates_the_schema(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "aggregator.db"
+    await upgrade_in_child(sqlite_url(db))
+    assert {"sources", "polls", "items", "observations", "stories", "story_scores", "aggregator_meta"} <= tables(db)
+    assert scalar(db, "SELECT version_num FROM alembic_version") == engine.head_revision()
+    assert scalar(db, "SELECT value FROM aggregator_meta WHERE key = 'application'") == engine.APPLICATION
+    await upgrade_in_child(sqlite_url(db))  # a no-op on an up-to-date database
+    store = await Store.open(sqlite_url(db), upgrade=False)
+    try:
+        assert await engine.check_version(store.engine) == engine.head_revision()
+    finally:
+        await store.close()
+
+
+@pytest.mark.postgres
+async def test_child_migration_on_postgresql(pg_url: str) -> None:
+    await upgrade_in_child(pg_url)
+    store = await Store.open(pg_url, upgrade=False)
+    try:
+        assert await engine.check_version(store.engine) == engine.head_revision()
+    finally:
+        await store.close()
+
+
+def make_newer(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("UPDATE alembic_version SET version_num = '9999'")
+    db.commit()
+    db.close()
+
+
+def make_foreign(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT)")
+    db.commit()
+    db.close()
+
+
+async def prepare(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    """A database the upgrade must refuse, and the message it must refuse it with."""
+    path = tmp_path / "data" / "aggregator.db"
+    path.parent.mkdir()
+    if kind == "newer":
+        await upgrade_in_child(sqlite_url(path))
+        make_newer(path)
+        return path, "which this version of aggregator does not know (it was written by a newer"
+    if kind == "foreign":
+        make_foreign(path)
+        return path, "not an aggregator database; refusing to touch it"
+    assert kind == "not-sqlite"
+    path.write_bytes(b"not a database, only text that is long enough for a header " * 4)
+    return path, "is not a SQLite database"
+
+
+@pytest.mark.parametrize("kind", ["newer", "foreign", "not-sqlite"])
+async def test_a_failing_child_raises_the_in_process_error(tmp_path: Path, kind: str) -> None:
+    path, message = await prepare(tmp_path, kind)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=re.escape(message)) as in_child:
+        await upgrade_in_child(sqlite_url(path))
+    with pytest.raises(StoreError) as in_process:
+        await Store.open(sqlite_url(path))
+    assert str(in_child.value) == str(in_process.value)
+    assert path.read_bytes() == before
+
+
+async def test_a_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
+    # SQLite's own read-only mode holds even for root. (Not compared in process: aiosqlite's
+    # thread may report the failed connect to a closed loop after the test, which pytest
+    # turns into an error; the child's output survives that noise.)
+    url = f"sqlite+aiosqlite:///file:{tmp_path / 'aggregator.db'}?mode=ro&uri=true"
+    with pytest.raises(StoreError) as failed:
+        await upgrade_in_child(url)
+    assert str(failed.value) == "cannot open the database: unable to open database file"
+    assert not (tmp_path / "aggregator.db").exists()
+
+
+def run_module(stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", MODULE], input=stdin, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+async def test_the_module_reads_the_url_from_stdin(tmp_path: Path) -> None:
+    db = tmp_path / "aggregator.db"
+    done = run_module(sqlite_url(db) + "\n")
+    assert done.returncode == 0, done.stderr
+    assert scalar(db, "SELECT version_num FROM alembic_version") == engine.head_revision()
+    make_newer(db)
+    done = run_module(sqlite_url(db))
+    assert done.returncode == EXIT_STORE_ERROR
+    assert done.stderr.strip().splitlines() == [
+        f"{ERROR_PREFIX}database is at schema revision '9999', which this version of aggregator does not know "
+        "(it was written by a newer version); upgrade aggregator, or use a backup"
+    ]
+    done = run_module("")
+    assert done.returncode == EXIT_STORE_ERROR and done.stderr.strip() == f"{ERROR_PREFIX}no database URL on stdin"
+
+
+async def test_a_crashing_child_is_a_store_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"the migration process exited with status 1: .*NoSuchModuleError"):
+        await upgrade_in_child("nosuchdb://user@localhost/db")
+
+
+# The daemon's own process: the real `aggregator run` on loopback sources until it has
+# polled them, then SIGTERM; at exit it reports which of these packages it had imported.
+PROBE = textwrap.dedent(
+    """
+    import atexit, json, sys
+    WATCH = ("alembic", "mako")
+    atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] in WATCH))))
+    from aggregator.cli import main
+    sys.exit(main(sys.argv[1:]))
+    """
+)
+
+
+def test_the_daemon_process_never_imports_alembic(tmp_path: Path, http_server: LoopbackServer) -> None:
+    serve_defaults(http_server)
+    config = settings_file(tmp_path, http_server)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PROBE, "--config", str(config), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    db = tmp_path / "data" / "aggregator.db"
+
+    def polled() -> bool:
+        if not db.exists():
+            return False
+        try:
+            return query(tmp_path, "SELECT count(DISTINCT source_id) FROM polls WHERE status = 'ok'")[0][0] == 3
+        except sqlite3.OperationalError:
+            return False  # the schema is not there yet
+
+    try:
+        wait_for(polled, timeout_s=30)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert json.loads(out.strip().splitlines()[-1]) == []
+    assert scalar(db, "SELECT version_num FROM alembic_version") == engine.head_revision()
