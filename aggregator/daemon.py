@@ -37,7 +37,7 @@ from aggregator.store import Store
 from aggregator.store.engine import sqlite_path
 from aggregator.store.lock import DaemonLock
 from aggregator.store.maintenance import apply_retention, write_heartbeat
-from aggregator.store.migrate import upgrade_in_child
+from aggregator.store.migrate import upgrade_if_needed
 from aggregator.watchdog import start_watchdog
 
 log = logging.getLogger("aggregator.daemon")
@@ -381,7 +381,7 @@ class Daemon:
             lock.acquire()
         try:
             # The migrations run in a child process: Alembic never loads into the long-running daemon.
-            await upgrade_in_child(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout)
+            await upgrade_if_needed(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout)
             store = await Store.from_settings(settings.store, upgrade=False)
             try:
                 self.ctx = await open_context(settings, store)

@@ -35,7 +35,7 @@ from aggregator.models import PollResult
 from aggregator.pipeline import poll_source
 from aggregator.settings import validate
 from aggregator.store import Store
-from aggregator.store.migrate import upgrade_in_child
+from aggregator.store.migrate import upgrade_if_needed
 
 CONCURRENCY = 16
 CPU = {"last": 0.0}  # this process's CPU seconds (all threads) in the last poll_all
@@ -79,7 +79,7 @@ async def main_async(args: argparse.Namespace) -> None:
     }
     settings = validate(raw)
     # As the daemon does: migrations in a child process, so Alembic is not in this one's RSS.
-    await upgrade_in_child(settings.store.effective_url)
+    await upgrade_if_needed(settings.store.effective_url)
     store = await Store.open(settings.store.effective_url, upgrade=False)
     statements = {"n": 0}
 

@@ -17,7 +17,7 @@ from alembic.script import ScriptDirectory
 
 from aggregator.errors import StoreError
 from aggregator.store import Store, engine
-from aggregator.store.migrate import ERROR_PREFIX, EXIT_STORE_ERROR, MODULE, upgrade_in_child
+from aggregator.store.migrate import ERROR_PREFIX, EXIT_STORE_ERROR, MODULE, upgrade_if_needed, upgrade_in_child
 from tests.conftest import LoopbackServer, wait_for
 from tests.test_daemon import query, serve_defaults, settings_file
 
@@ -126,6 +126,22 @@ async def test_a_failing_child_raises_the_in_process_error(tmp_path: Path, kind:
     with pytest.raises(StoreError) as in_process:
         await Store.open(sqlite_url(path))
     assert str(in_child.value) == str(in_process.value)
+    assert path.read_bytes() == before
+
+
+async def test_upgrade_if_needed_starts_a_child_only_when_the_schema_is_behind(tmp_path: Path) -> None:
+    db = tmp_path / "data" / "aggregator.db"
+    assert await upgrade_if_needed(sqlite_url(db)) is True
+    assert scalar(db, "SELECT version_num FROM alembic_version") == engine.head_revision()
+    assert await upgrade_if_needed(sqlite_url(db)) is False  # up to date: no child process
+
+
+@pytest.mark.parametrize("kind", ["newer", "foreign", "not-sqlite"])
+async def test_upgrade_if_needed_refuses_what_the_child_refuses(tmp_path: Path, kind: str) -> None:
+    path, message = await prepare(tmp_path, kind)
+    before = path.read_bytes()
+    with pytest.raises(StoreError, match=re.escape(message)):
+        await upgrade_if_needed(sqlite_url(path))
     assert path.read_bytes() == before
 
 

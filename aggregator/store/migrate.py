@@ -130,6 +130,26 @@ async def upgrade_in_child(url: str, *, busy_timeout_s: float = 10.0) -> None:
     raise StoreError(f"the migration process {how}{last}")
 
 
+async def upgrade_if_needed(url: str, *, busy_timeout_s: float = 10.0) -> bool:
+    """`upgrade_in_child` unless the database is at the head revision already; True if it ran.
+
+    A restart on an up-to-date database (the usual one) then costs a read of
+    alembic_version instead of a Python process. A database that is not ours or is newer
+    is refused here with the same StoreError the child would give.
+    """
+    from aggregator.store import engine as engine_mod
+
+    engine = engine_mod.make_engine(url, busy_timeout_s=busy_timeout_s, pool_size=1, max_overflow=0)
+    try:
+        current = await engine_mod.check_version(engine)
+    finally:
+        await engine.dispose()
+    if current == engine_mod.head_revision():
+        return False
+    await upgrade_in_child(url, busy_timeout_s=busy_timeout_s)
+    return True
+
+
 def _signal_name(number: int) -> str:
     try:
         return signal.Signals(number).name
