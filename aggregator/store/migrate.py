@@ -142,12 +142,15 @@ async def upgrade_if_needed(url: str, *, busy_timeout_s: float = 10.0) -> bool:
     engine = engine_mod.make_engine(url, busy_timeout_s=busy_timeout_s, pool_size=1, max_overflow=0)
     try:
         current = await engine_mod.check_version(engine)
+        if current == engine_mod.head_revision():
+            return False
+        # This engine's connection stays open while the child migrates: on SQLite the
+        # child's is then not the last connection, whose close checkpoints and deletes the
+        # WAL under an exclusive lock that a reader arriving meanwhile gets SQLITE_BUSY from.
+        await upgrade_in_child(url, busy_timeout_s=busy_timeout_s)
+        return True
     finally:
         await engine.dispose()
-    if current == engine_mod.head_revision():
-        return False
-    await upgrade_in_child(url, busy_timeout_s=busy_timeout_s)
-    return True
 
 
 def _signal_name(number: int) -> str:
