@@ -910,13 +910,6 @@ def _insert_statement(table: sa.Table, returning: str | None, dialect_name: str)
     return stmt
 
 
-@functools.cache
-def _rowid_column(table: sa.Table) -> sa.Column[Any] | None:
-    """The column that is SQLite's rowid: a lone INTEGER primary key."""
-    pk = list(table.primary_key.columns)
-    return pk[0] if len(pk) == 1 and isinstance(pk[0].type, sa.Integer) else None
-
-
 # Rows per multi-row INSERT on SQLite: one statement (and one step of SQLite's, with the
 # GIL released once) instead of a step per row; 500 rows of 14 columns stay far under
 # SQLite's 32,766 parameters.
@@ -957,13 +950,11 @@ def _insert(
 ) -> Any:
     """Insert `rows` (tuples in `columns` order, times as `_db_time` gives them); one RETURNING value for one row."""
     if conn.dialect.name == "sqlite":
-        if returning is not None and len(rows) == 1 and table.c[returning] is _rowid_column(table):
-            # The rowid from the cursor instead of RETURNING: a RETURNING row is one more
-            # step of SQLite's, and each step gives up the GIL and must win it back.
-            sql = _compiled_insert(_insert_statement(table, None, "sqlite"), columns, 1, conn.dialect)
-            return conn.exec_driver_sql(sql, rows[0]).lastrowid
-        returned = _sqlite_insert(conn, _insert_statement(table, returning, "sqlite"), columns, rows)
-        return returned[0][0] if returning is not None else None
+        # The new row's id from the cursor instead of RETURNING: a RETURNING row is one more
+        # step of SQLite's, and each step gives up the GIL and must win it back.
+        assert returning is None or (len(rows) == 1 and table.c[returning].primary_key), (table.name, returning)
+        results = list(_sqlite_chunks(conn, _insert_statement(table, None, "sqlite"), columns, rows))
+        return results[0].lastrowid if returning is not None else None
     stmt = _insert_statement(table, returning, conn.dialect.name)
     dicts = [dict(zip(columns, r, strict=True)) for r in rows]
     if returning is not None:
