@@ -190,9 +190,12 @@ def heat_fields(raw: object) -> tuple[float | None, str | None]:
 
 
 Identity = tuple[str, str, str, str | None, str | None, str | None]
+RawKey = tuple[str, str | None, str | None]
 # What one poll's entries normalized to, keyed by their raw fields: lists repeat most of
-# their entries from one poll to the next, so the next poll of the source reuses it.
-IdentityMemo = dict[tuple[str, str | None, str | None], Identity | None]
+# their entries from one poll to the next, so the next poll of the source reuses it. Each
+# value carries the key it was first stored under, so that the strings of the poll that
+# first served an entry are the ones kept, not a copy from every later payload.
+IdentityMemo = dict[RawKey, tuple[RawKey, Identity | None]]
 
 
 def _identity(source_id: str, raw_title: str, raw_url: str | None, raw_native_id: str | None) -> Identity | None:
@@ -234,13 +237,14 @@ def normalize_items(
         if not isinstance(raw.title, str):
             dropped += 1
             continue
-        raw_key = (raw.title, raw.url, raw.native_id)
-        if raw_key in previous:
-            identity = previous[raw_key]
+        raw_key: RawKey = (raw.title, raw.url, raw.native_id)
+        known = previous.get(raw_key)
+        if known is not None:
+            raw_key, identity = known  # the strings already kept, not this payload's equal ones
         else:
             identity = _identity(source_id, raw.title, raw.url, raw.native_id)
         if memo is not None:
-            memo[raw_key] = identity
+            memo[raw_key] = (raw_key, identity)
         if identity is None:
             dropped += 1
             continue

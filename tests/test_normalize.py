@@ -7,7 +7,15 @@ import hashlib
 import pytest
 
 from aggregator.models import RawItem
-from aggregator.normalize import canonical_url, clean_text, item_key, normalize_items, normalize_title, parse_heat
+from aggregator.normalize import (
+    IdentityMemo,
+    canonical_url,
+    clean_text,
+    item_key,
+    normalize_items,
+    normalize_title,
+    parse_heat,
+)
 
 
 @pytest.mark.parametrize(
@@ -94,3 +102,26 @@ def test_normalize_items_identity_and_ranks() -> None:
     assert items[2].key == item_key("src", "d")  # then the normalized title
     assert items[0].heat == 120_000 and items[0].heat_raw == "12万"
     assert items[0].canonical_url == "https://e.example/1"
+
+
+def test_memo_reuses_identities_and_keeps_the_first_payloads_strings() -> None:
+    def payload(titles: list[str]) -> list[RawItem]:
+        # Each poll decodes its own string objects, equal to the last poll's.
+        return [RawItem(title="".join(list(t)), url=f"https://e.example/{t}?utm_source=x") for t in titles]
+
+    memo: IdentityMemo = {}
+    first, _ = normalize_items("weibo", payload(["甲新闻", "乙新闻"]), memo)
+    second, _ = normalize_items("weibo", payload(["乙新闻", "丙新闻", "甲新闻"]), memo)
+    fresh, _ = normalize_items("weibo", payload(["乙新闻", "丙新闻", "甲新闻"]))
+    assert second == fresh  # the memo changes nothing but the work done
+    by_key = {it.key: it for it in first}
+    for it in second:
+        if it.key in by_key:  # kept from the first poll
+            assert it.title is by_key[it.key].title and it.url is by_key[it.key].url
+    # One copy of each string: the memo is keyed by the strings its identities hold, not by
+    # the equal ones of the payload that came last.
+    assert len(memo) == 3
+    for raw_key, (kept_key, identity) in memo.items():
+        assert raw_key is kept_key and identity is not None
+        assert raw_key[0] is identity[1]  # the raw title is the kept title, one object
+    assert [it.rank for it in second] == [1, 2, 3]
