@@ -12,7 +12,8 @@ heat it had when last listed. 热度 = 100 × heat / max heat, one decimal.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from array import array
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -95,33 +96,39 @@ def decay_factor(last_seen_at: datetime, now: datetime, half_life_s: float) -> f
     return float(0.5 ** (elapsed / half_life_s))
 
 
+def listed_heat(
+    story_id: int, entries: Iterable[ListEntry], first_seen_at: datetime | None, now: datetime, settings: ScoreSettings
+) -> StoryHeat:
+    """Heat of one story from its current list entries: best signal per source, summed."""
+    best: list[SourceTerm] = []  # per source its best term, in the order the sources came
+    seen_at: datetime | None = None
+    for e in entries:
+        signal = observation_signal(e.rank, e.list_length, e.heat, e.max_heat, settings.heat_weight)
+        for i, current in enumerate(best):
+            if current.source_id == e.source_id:
+                if signal > current.signal:
+                    best[i] = SourceTerm(e.source_id, e.rank, e.list_length, e.heat, e.weight, signal)
+                break
+        else:
+            best.append(SourceTerm(e.source_id, e.rank, e.list_length, e.heat, e.weight, signal))
+        if seen_at is None or e.collected_at > seen_at:
+            seen_at = e.collected_at
+    terms = tuple(sorted(best, key=lambda t: -t.contribution))
+    bonus = persistence_bonus(first_seen_at or now, now, settings)
+    return StoryHeat(story_id, terms, bonus, last_seen_at=seen_at)
+
+
 def listed_heats(
     entries: Iterable[ListEntry], first_seen: Mapping[int, datetime], now: datetime, settings: ScoreSettings
 ) -> dict[int, StoryHeat]:
-    """Heat of every story on at least one current list: best signal per source, summed."""
-    # Per story its best term per source, in the order the sources came: a tuple, as nearly
-    # every story is on one list (a dict per story is 232 bytes, a 1-tuple 48).
-    best: dict[int, tuple[SourceTerm, ...]] = {}
-    seen_at: dict[int, datetime] = {}
+    """Heat of every story on at least one current list (`listed_heat` of each)."""
+    by_story: dict[int, list[ListEntry]] = {}
     for e in entries:
-        signal = observation_signal(e.rank, e.list_length, e.heat, e.max_heat, settings.heat_weight)
-        terms = best.get(e.story_id, ())
-        for i, current in enumerate(terms):
-            if current.source_id == e.source_id:
-                if signal > current.signal:
-                    term = SourceTerm(e.source_id, e.rank, e.list_length, e.heat, e.weight, signal)
-                    best[e.story_id] = (*terms[:i], term, *terms[i + 1 :])
-                break
-        else:
-            best[e.story_id] = (*terms, SourceTerm(e.source_id, e.rank, e.list_length, e.heat, e.weight, signal))
-        if e.story_id not in seen_at or e.collected_at > seen_at[e.story_id]:
-            seen_at[e.story_id] = e.collected_at
-    out = {}
-    for story_id, per_source in best.items():
-        terms = tuple(sorted(per_source, key=lambda t: -t.contribution))
-        bonus = persistence_bonus(first_seen.get(story_id, now), now, settings)
-        out[story_id] = StoryHeat(story_id, terms, bonus, last_seen_at=seen_at[story_id])
-    return out
+        by_story.setdefault(e.story_id, []).append(e)
+    return {
+        story_id: listed_heat(story_id, mine, first_seen.get(story_id), now, settings)
+        for story_id, mine in by_story.items()
+    }
 
 
 def unlisted_heat(
@@ -149,3 +156,37 @@ def score_all(heats: Mapping[int, StoryHeat]) -> Scored:
     if top <= 0:
         return Scored(dict(heats), dict.fromkeys(values, 0.0), 0.0)
     return Scored(dict(heats), {sid: round(100.0 * v / top, 1) for sid, v in values.items()}, top)
+
+
+class HeatTable:
+    """Heat of many stories in parallel arrays, a few dozen bytes a story (what `rescore` writes).
+
+    A `StoryHeat` with its terms is a few hundred bytes; held for every active story at
+    once, they were most of the daemon's peak memory. `scores` gives the same 热度 as
+    `score_all` on the same heats.
+    """
+
+    def __init__(self) -> None:
+        self.ids = array("q")
+        self.heats = array("d")
+        self.bases = array("d")  # heat when last listed: the heat itself for listed stories
+        self.listed = array("b")
+        self.last_seen: list[datetime | None] = []
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, heat: StoryHeat) -> None:
+        self.ids.append(heat.story_id)
+        value = heat.heat
+        self.heats.append(value)
+        self.bases.append(value if heat.on_list else heat.base_heat)
+        self.listed.append(heat.on_list)
+        self.last_seen.append(heat.last_seen_at)
+
+    def scores(self) -> Iterator[float]:
+        """热度 of each story, in order, as `score_all` computes it."""
+        top = max(self.heats, default=0.0)
+        if top <= 0:
+            return (0.0 for _ in self.heats)
+        return (round(100.0 * v / top, 1) for v in self.heats)

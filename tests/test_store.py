@@ -15,8 +15,9 @@ from alembic.runtime.migration import MigrationContext
 from aggregator.errors import StoreError
 from aggregator.models import RawItem
 from aggregator.normalize import normalize_items
+from aggregator.score import score_all
 from aggregator.settings import ScoreSettings, SourceSettings
-from aggregator.store import PollWrite, SourceUpdate, Store
+from aggregator.store import SCORE_FLOOR, PollWrite, SourceUpdate, Store
 from aggregator.store.schema import metadata
 
 T0 = datetime(2026, 12, 1, 8, 0, 0, tzinfo=UTC)
@@ -150,6 +151,36 @@ async def test_failed_poll_keeps_the_previous_list(store_url: str) -> None:
                 )
             ).one()
             assert tuple(src) == (1, "http_5xx", "HTTP 500 Internal Server Error")
+    finally:
+        await store.close()
+
+
+async def test_rescore_stores_the_heats_and_scores_explain_computes(store_url: str) -> None:
+    """`rescore` scores story by story as it reads; `explain` holds every story's terms. They agree."""
+    store = await open_store(store_url)
+    try:
+        weibo = poll_write("weibo", ["甲", "乙", "丙", "丁"], T0, heats=["500万", "90万", None, "3万"])
+        await store.record_poll(weibo)
+        shared = weibo.items[0].item_id  # zhihu's first item joins weibo's 甲
+        zhihu = poll_write("zhihu", ["甲的后续", "戊"], T0, heats=["800万", "1万"])
+        await store.record_poll(dataclasses.replace(zhihu, story_ids=[shared, zhihu.items[1].item_id]))
+        await store.record_poll(poll_write("weibo", ["乙", "甲", "己"], T0 + timedelta(minutes=2)))
+        # Three minutes on: 甲 is on both lists, 丙 and 丁 are off. Thirty hours on: every list is stale.
+        for now, listed in ((T0 + timedelta(minutes=3), 4), (T0 + timedelta(hours=30), 0)):
+            heats = await store.story_heats(now, ScoreSettings())
+            assert sum(h.on_list for h in heats.values()) == listed
+            if listed:
+                assert [t.source_id for t in heats[shared].terms] == ["zhihu", "weibo"]
+            expected = score_all(heats).scores
+            for sid, h in heats.items():
+                if not h.on_list and expected[sid] < SCORE_FLOOR:
+                    expected[sid] = 0.0
+            assert await store.rescore(now, ScoreSettings()) == len(heats) == 6
+            async with store.engine.connect() as conn:
+                rows = (await conn.execute(sa.text("SELECT id, heat, score FROM stories"))).all()
+            stored = {r.id: (r.heat, r.score) for r in rows}
+            assert stored == {sid: (pytest.approx(h.heat, rel=1e-12), expected[sid]) for sid, h in heats.items()}
+            assert max(score for _, score in stored.values()) == 100.0
     finally:
         await store.close()
 

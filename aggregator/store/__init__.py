@@ -8,10 +8,12 @@ with BEGIN IMMEDIATE. Database errors leave as StoreError at this boundary.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import functools
 import json
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from array import array
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aggregator.errors import StoreError
 from aggregator.models import Item, PollResult, SourceState
-from aggregator.score import ListEntry, StoryHeat, listed_heats, score_all, unlisted_heat
+from aggregator.score import HeatTable, ListEntry, StoryHeat, listed_heat, unlisted_heat
 from aggregator.settings import ScoreSettings, SourceSettings, StoreSettings, display_name
 from aggregator.store import engine as engine_mod
 from aggregator.store.checkpoint import Checkpointer
@@ -304,15 +306,15 @@ class Store:
 
     # -- scoring -------------------------------------------------------------------------
 
-    async def current_entries(self, now: datetime) -> list[tuple[int, ListEntry]]:
-        """(item id, entry) for each observation of each enabled source's latest good list."""
+    def _current_queries(self, now: datetime) -> tuple[Any, Any]:
+        """(each latest good list's length and top heat, the observations on those lists)."""
         fresh = now - timedelta(seconds=STALE_LIST_S)
         last_ok = (
             sa.select(sa.func.max(polls.c.id))
             .where(polls.c.source_id == sources.c.id, polls.c.status == "ok")
             .scalar_subquery()
         )
-        q = (
+        rows = (
             sa.select(
                 observations.c.item_id,
                 observations.c.source_id,
@@ -322,13 +324,17 @@ class Store:
                 observations.c.poll_id,
                 observations.c.collected_at,
                 sources.c.weight,
+                stories.c.first_seen_at,
             )
             .select_from(
-                sources.join(observations, observations.c.poll_id == last_ok).join(
-                    items, items.c.id == observations.c.item_id
-                )
+                sources.join(observations, observations.c.poll_id == last_ok)
+                .join(items, items.c.id == observations.c.item_id)
+                .outerjoin(stories, stories.c.id == items.c.story_id)
             )
             .where(sources.c.enabled.is_(True), observations.c.collected_at >= fresh)
+            # Sorted after the join: ordered by the column itself, SQLite would walk items by
+            # their story index and look up every list for each item (seconds, not tens of ms).
+            .order_by(items.c.story_id + 0)
         )
         # Each list's length and top heat first (one small query on the polls' primary key), so
         # that the observations are then read once, in batches, instead of all held at once.
@@ -341,7 +347,21 @@ class Store:
             )
             .group_by(observations.c.poll_id)
         )
-        out: list[tuple[int, ListEntry]] = []
+        return lists, rows
+
+    async def _scan_heats(
+        self,
+        now: datetime,
+        settings: ScoreSettings,
+        on_heat: Callable[[StoryHeat], None],
+        on_entry: Callable[[int, ListEntry], None] | None = None,
+    ) -> None:
+        """Every active story's heat, one story at a time: listed ones (by story id) from each
+        enabled source's latest good list, then the others decayed. `on_entry` sees each
+        (item id, entry) of those lists. Nothing is held for all stories at once."""
+        lists, rows = self._current_queries(now)
+        since = now - timedelta(seconds=settings.active_window)
+        listed = array("q")  # ascending: the rows come ordered by story id
         # Every row of one list repeats its source, time and weight: one object each.
         shared: dict[Any, Any] = {}
         async with self.engine.connect() as conn:
@@ -351,57 +371,48 @@ class Store:
                 length[poll_id] = max(longest, 0)
                 if top is not None:
                     top_heat[poll_id] = max(top, 0.0)
-            result = await conn.stream(q)
+            story_id: int | None = None
+            first_seen: datetime | None = None
+            group: list[ListEntry] = []
+            result = await conn.stream(rows)
             async for part in result.partitions(READ_BATCH):
                 for r in part:
-                    out.append(
-                        (
-                            r.item_id,
-                            ListEntry(
-                                r.story_id,
-                                shared.setdefault(r.source_id, r.source_id),
-                                r.rank,
-                                length[r.poll_id],
-                                r.heat,
-                                top_heat.get(r.poll_id),
-                                shared.setdefault(("weight", r.source_id), r.weight),
-                                shared.setdefault(r.collected_at, r.collected_at),
-                            ),
-                        )
+                    entry = ListEntry(
+                        r.story_id,
+                        shared.setdefault(r.source_id, r.source_id),
+                        r.rank,
+                        length[r.poll_id],
+                        r.heat,
+                        top_heat.get(r.poll_id),
+                        shared.setdefault(("weight", r.source_id), r.weight),
+                        shared.setdefault(r.collected_at, r.collected_at),
                     )
-        return out
-
-    async def story_heats(
-        self, now: datetime, settings: ScoreSettings, current: list[tuple[int, ListEntry]] | None = None
-    ) -> dict[int, StoryHeat]:
-        """Heat of every active story now: listed ones from the lists, the others decayed."""
-        if current is None:
-            current = await self.current_entries(now)
-        entries = [e for _, e in current]
-        since = now - timedelta(seconds=settings.active_window)
-        listed = {e.story_id for e in entries}
-        first_seen: dict[int, datetime] = {}
-        unlisted: dict[int, StoryHeat] = {}
-        q = sa.select(stories.c.id, stories.c.first_seen_at, stories.c.last_seen_at, stories.c.base_heat).where(
-            sa.or_(stories.c.last_seen_at >= since, stories.c.score > 0)
-        )
-        async with self.engine.connect() as conn:
+                    if on_entry is not None:
+                        on_entry(r.item_id, entry)
+                    if r.story_id != story_id:
+                        if group:
+                            on_heat(listed_heat(group[0].story_id, group, first_seen, now, settings))
+                            listed.append(group[0].story_id)
+                        story_id, first_seen, group = r.story_id, r.first_seen_at, []
+                    group.append(entry)
+            if group:
+                on_heat(listed_heat(group[0].story_id, group, first_seen, now, settings))
+                listed.append(group[0].story_id)
+            q = sa.select(stories.c.id, stories.c.last_seen_at, stories.c.base_heat).where(
+                sa.or_(stories.c.last_seen_at >= since, stories.c.score > 0)
+            )
             result = await conn.stream(q)
             async for part in result.partitions(READ_BATCH):
                 for r in part:
-                    if r.id in listed:
-                        first_seen[r.id] = r.first_seen_at
-                    else:
-                        unlisted[r.id] = unlisted_heat(r.id, r.base_heat, r.last_seen_at, now, settings)
-        missing = listed - first_seen.keys()
-        if missing:
-            async with self.engine.connect() as conn:
-                extra = await conn.execute(
-                    sa.select(stories.c.id, stories.c.first_seen_at).where(stories.c.id.in_(missing))
-                )
-                first_seen.update({r.id: r.first_seen_at for r in extra})
-        heats = listed_heats(entries, first_seen, now, settings)
-        heats.update(unlisted)
+                    at = bisect.bisect_left(listed, r.id)
+                    if at == len(listed) or listed[at] != r.id:
+                        on_heat(unlisted_heat(r.id, r.base_heat, r.last_seen_at, now, settings))
+
+    async def story_heats(self, now: datetime, settings: ScoreSettings) -> dict[int, StoryHeat]:
+        """Heat of every active story now (what `explain` shows): listed ones from the lists,
+        the others decayed."""
+        heats: dict[int, StoryHeat] = {}
+        await self._scan_heats(now, settings, lambda h: heats.__setitem__(h.story_id, h))
         return heats
 
     @contextlib.asynccontextmanager
@@ -420,33 +431,39 @@ class Store:
         statements a poll), and, when `record_history`, adds a row per scored story to
         story_scores.
         """
+        table = HeatTable()
+        item_ids, ranks, seen_at = array("q"), array("q"), []
+
+        def entry(item_id: int, e: ListEntry) -> None:
+            item_ids.append(item_id)
+            ranks.append(e.rank)
+            seen_at.append(e.collected_at)
+
         try:
-            current = await self.current_entries(now)
-            heats = await self.story_heats(now, settings, current)
+            await self._scan_heats(now, settings, table.add, entry)
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _store_error(exc, "cannot read the lists to score") from exc
-        scores = score_all(heats).scores
-        for sid, h in heats.items():
-            if not h.on_list and scores[sid] < SCORE_FLOOR:
-                scores[sid] = 0.0
+
+        def final_scores() -> Iterator[tuple[int, float]]:
+            for i, score in enumerate(table.scores()):
+                yield i, 0.0 if not table.listed[i] and score < SCORE_FLOOR else score
 
         def story_rows() -> Iterator[dict[str, Any]]:
-            for sid, h in heats.items():
-                heat = h.heat
+            for i, score in final_scores():
                 yield dict(
-                    b_id=sid,
-                    b_heat=heat,
-                    b_score=scores[sid],
+                    b_id=table.ids[i],
+                    b_heat=table.heats[i],
+                    b_score=score,
                     b_at=now,
-                    b_base=heat if h.on_list else h.base_heat,
-                    b_last=h.last_seen_at or now,
+                    b_base=table.bases[i],
+                    b_last=table.last_seen[i] or now,
                 )
 
         def history_rows() -> Iterator[dict[str, Any]]:
             if record_history:
-                for sid, h in heats.items():
-                    if scores[sid] > 0:
-                        yield dict(story_id=sid, scored_at=now, heat=h.heat, score=scores[sid])
+                for i, score in final_scores():
+                    if score > 0:
+                        yield dict(story_id=table.ids[i], scored_at=now, heat=table.heats[i], score=score)
 
         stmt = (
             stories.update()
@@ -463,7 +480,7 @@ class Store:
                 ),
             )
         )
-        seen = (dict(b_id=iid, b_at=e.collected_at, b_rank=e.rank) for iid, e in current)
+        seen = (dict(b_id=iid, b_at=at, b_rank=rank) for iid, at, rank in zip(item_ids, seen_at, ranks, strict=True))
         refresh = (
             items.update()
             .where(
@@ -493,7 +510,7 @@ class Store:
                     await conn.execute(ins, batch)
         except (OperationalError, DBAPIError) as exc:
             raise _store_error(exc, "cannot store scores") from exc
-        return len(heats)
+        return len(table)
 
     # -- leases: several daemons sharing one database ---------------------------------------
 
