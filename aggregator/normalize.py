@@ -190,12 +190,42 @@ def heat_fields(raw: object) -> tuple[float | None, str | None]:
 
 
 Identity = tuple[str, str, str, str | None, str | None, str | None]
-RawKey = tuple[str, str | None, str | None]
-# What one poll's entries normalized to, keyed by their raw fields: lists repeat most of
-# their entries from one poll to the next, so the next poll of the source reuses it. Each
-# value carries the key it was first stored under, so that the strings of the poll that
-# first served an entry are the ones kept, not a copy from every later payload.
-IdentityMemo = dict[RawKey, tuple[RawKey, Identity | None]]
+# What one poll's entries normalized to, keyed by the hash of their raw fields (title, url,
+# native id): lists repeat most of their entries from one poll to the next, so the next poll
+# of the source reuses it. A value is an `Identity` packed by `_pack`, or None for an entry
+# without a title.
+Packed = tuple[str, str | None, str | None, str | None, str | None, str | None]
+IdentityMemo = dict[int, Packed | None]
+
+
+def _pack(identity: Identity, raw: RawItem) -> Packed:
+    """The identity with None for each string that is the payload's own (or the field it came
+    from): the memo keeps only what normalizing made new, not a second copy of every title
+    and URL, and a later poll takes those strings from its own payload (`_unpack`). A URL or
+    native id the cleaning dropped is "" here."""
+    key, title, norm, url, canon, native_id = identity
+    return (
+        key,
+        None if title is raw.title else title,
+        None if norm is title else norm,
+        None if url is raw.url else (url or ""),
+        None if canon is url else canon,
+        None if native_id is raw.native_id else (native_id or ""),
+    )
+
+
+def _unpack(packed: Packed, raw: RawItem) -> Identity:
+    key, kept_title, norm, url, canon, native_id = packed
+    title = raw.title if kept_title is None else kept_title
+    url = raw.url if url is None else (url or None)
+    return (
+        key,
+        title,
+        title if norm is None else norm,
+        url,
+        url if canon is None else canon,
+        raw.native_id if native_id is None else (native_id or None),
+    )
 
 
 def _identity(source_id: str, raw_title: str, raw_url: str | None, raw_native_id: str | None) -> Identity | None:
@@ -237,14 +267,18 @@ def normalize_items(
         if not isinstance(raw.title, str):
             dropped += 1
             continue
-        raw_key: RawKey = (raw.title, raw.url, raw.native_id)
-        known = previous.get(raw_key)
-        if known is not None:
-            raw_key, identity = known  # the strings already kept, not this payload's equal ones
+        # A 64-bit hash stands for the raw fields: two entries of one source's list colliding
+        # is a chance of about 1 in 10^16 a poll.
+        raw_key = hash((raw.title, raw.url, raw.native_id))
+        packed: Packed | None
+        if raw_key in previous:
+            packed = previous[raw_key]
+            identity = None if packed is None else _unpack(packed, raw)
         else:
             identity = _identity(source_id, raw.title, raw.url, raw.native_id)
+            packed = None if identity is None else _pack(identity, raw)
         if memo is not None:
-            memo[raw_key] = (raw_key, identity)
+            memo[raw_key] = packed
         if identity is None:
             dropped += 1
             continue

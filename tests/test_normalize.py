@@ -104,24 +104,32 @@ def test_normalize_items_identity_and_ranks() -> None:
     assert items[0].canonical_url == "https://e.example/1"
 
 
-def test_memo_reuses_identities_and_keeps_the_first_payloads_strings() -> None:
+def test_memo_reuses_identities_and_keeps_no_payload_strings() -> None:
+    long_url = "https://e.example/" + "x" * 3000
+
     def payload(titles: list[str]) -> list[RawItem]:
         # Each poll decodes its own string objects, equal to the last poll's.
-        return [RawItem(title="".join(list(t)), url=f"https://e.example/{t}?utm_source=x") for t in titles]
+        raws = [RawItem(title="".join(list(t)), url=f"https://e.example/{t}?utm_source=x") for t in titles]
+        # Entries that cleaning changes: an entity and spaces, a URL too long to keep, an id to trim.
+        raws.append(RawItem(title="".join(list(" 甲&amp;乙 ")), url="".join(list(long_url))))
+        raws.append(RawItem(title="".join(list("Show HN: Foo")), url=None, native_id="".join(list(" id-7 "))))
+        raws.append(RawItem(title="".join(list("   ")), url="https://e.example/blank"))  # no title: dropped
+        return raws
 
     memo: IdentityMemo = {}
-    first, _ = normalize_items("weibo", payload(["甲新闻", "乙新闻"]), memo)
-    second, _ = normalize_items("weibo", payload(["乙新闻", "丙新闻", "甲新闻"]), memo)
+    first, dropped = normalize_items("weibo", payload(["甲新闻", "乙新闻"]), memo)
+    second_raw = payload(["乙新闻", "丙新闻", "甲新闻"])
+    second, dropped_again = normalize_items("weibo", second_raw, memo)
     fresh, _ = normalize_items("weibo", payload(["乙新闻", "丙新闻", "甲新闻"]))
-    assert second == fresh  # the memo changes nothing but the work done
-    by_key = {it.key: it for it in first}
-    for it in second:
-        if it.key in by_key:  # kept from the first poll
-            assert it.title is by_key[it.key].title and it.url is by_key[it.key].url
-    # One copy of each string: the memo is keyed by the strings its identities hold, not by
-    # the equal ones of the payload that came last.
-    assert len(memo) == 3
-    for raw_key, (kept_key, identity) in memo.items():
-        assert raw_key is kept_key and identity is not None
-        assert raw_key[0] is identity[1]  # the raw title is the kept title, one object
-    assert [it.rank for it in second] == [1, 2, 3]
+    assert second == fresh and dropped == dropped_again == 1  # the memo changes nothing but the work done
+    assert {it.key for it in first} <= {it.key for it in second}
+    # What the items hold is this payload's own strings: the memo kept none of the first poll's.
+    for raw, it in zip(second_raw, second, strict=False):
+        if it.title == raw.title:
+            assert it.title is raw.title
+        if it.url == raw.url:
+            assert it.url is raw.url
+    assert [it.title for it in second[3:]] == ["甲&乙", "Show HN: Foo"]
+    assert second[3].url is None and second[4].native_id == "id-7"
+    assert len(memo) == 6 and sum(packed is None for packed in memo.values()) == 1
+    assert [it.rank for it in second] == [1, 2, 3, 4, 5]
