@@ -14,6 +14,7 @@ import sqlalchemy as sa
 
 from aggregator.store import Store
 from aggregator.store.checkpoint import BACKSTOP_AUTOCHECKPOINT_PAGES, CHECKPOINT_EVERY_COMMITS, Checkpointer
+from aggregator.store.engine import SQLITE_CACHE_KIB, SQLITE_WRITER_CACHE_KIB
 from tests.test_store import SOURCES, T0, poll_write
 
 
@@ -55,7 +56,13 @@ async def test_the_writer_connection_keeps_only_a_far_automatic_checkpoint(tmp_p
         assert store._poll_writer is not None
         with store._poll_writer.connect() as conn:
             pages = conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar_one()
+            writer_cache = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
         assert pages == BACKSTOP_AUTOCHECKPOINT_PAGES
+        # The writer keeps the larger page cache; the readers the small one.
+        async with store.engine.connect() as reader:
+            reader_cache = (await reader.exec_driver_sql("PRAGMA cache_size")).scalar_one()
+        assert (writer_cache, reader_cache) == (-SQLITE_WRITER_CACHE_KIB, -SQLITE_CACHE_KIB)
+        assert SQLITE_WRITER_CACHE_KIB > SQLITE_CACHE_KIB
     finally:
         await store.close()
 
