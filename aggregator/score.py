@@ -153,9 +153,12 @@ def score_all(heats: Mapping[int, StoryHeat]) -> Scored:
     """热度 of every story: 100 × heat / max heat, one decimal; the top is exactly 100.0."""
     values = {sid: h.heat for sid, h in heats.items()}
     top = max(values.values(), default=0.0)
-    if top <= 0:
-        return Scored(dict(heats), dict.fromkeys(values, 0.0), 0.0)
-    return Scored(dict(heats), {sid: round(100.0 * v / top, 1) for sid, v in values.items()}, top)
+    return Scored(dict(heats), {sid: score_of(v, top) for sid, v in values.items()}, max(top, 0.0))
+
+
+def score_of(heat: float, top: float) -> float:
+    """热度 of a heat when the hottest story has `top`: 100 × heat / top, one decimal."""
+    return round(100.0 * heat / top, 1) if top > 0 else 0.0
 
 
 class HeatTable:
@@ -187,6 +190,4 @@ class HeatTable:
     def scores(self) -> Iterator[float]:
         """热度 of each story, in order, as `score_all` computes it."""
         top = max(self.heats, default=0.0)
-        if top <= 0:
-            return (0.0 for _ in self.heats)
-        return (round(100.0 * v / top, 1) for v in self.heats)
+        return (score_of(v, top) for v in self.heats)

@@ -374,6 +374,12 @@ class Store:
             story_id: int | None = None
             first_seen: datetime | None = None
             group: list[ListEntry] = []
+
+            def story_done() -> None:
+                if story_id is not None:
+                    on_heat(listed_heat(story_id, group, first_seen, now, settings))
+                    listed.append(story_id)
+
             result = await conn.stream(rows)
             async for part in result.partitions(READ_BATCH):
                 for r in part:
@@ -390,14 +396,10 @@ class Store:
                     if on_entry is not None:
                         on_entry(r.item_id, entry)
                     if r.story_id != story_id:
-                        if group:
-                            on_heat(listed_heat(group[0].story_id, group, first_seen, now, settings))
-                            listed.append(group[0].story_id)
+                        story_done()
                         story_id, first_seen, group = r.story_id, r.first_seen_at, []
                     group.append(entry)
-            if group:
-                on_heat(listed_heat(group[0].story_id, group, first_seen, now, settings))
-                listed.append(group[0].story_id)
+            story_done()
             q = sa.select(stories.c.id, stories.c.last_seen_at, stories.c.base_heat).where(
                 sa.or_(stories.c.last_seen_at >= since, stories.c.score > 0)
             )
