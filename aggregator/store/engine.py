@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 APPLICATION = "aggregator"
 # Page cache per connection (SQLite's default is 2 MiB). The poll writer's 4 MiB keep the
 # indexes it inserts into warm; the others mostly read what the OS page cache holds anyway,
-# and each of them filled to 4 MiB was 6 MB of the benchmark's peak RSS.
+# and at 4 MiB each they added 3 MB to the benchmark's peak RSS.
 SQLITE_CACHE_KIB = 1024
 SQLITE_WRITER_CACHE_KIB = 4096
 WAL_SIZE_LIMIT_BYTES = 4 * 1024 * 1024
