@@ -346,7 +346,10 @@ class _Story:
     # features are recomputed (and cached) when compared, which keeps an active story near a
     # few hundred bytes instead of several kilobytes.
     title_keys: tuple[str, ...] = ()
-    urls: tuple[str, ...] = ()
+    # The canonical URLs as `hash()` values: the dictionary path needs no more than that, and a
+    # URL string is the largest thing a story would keep (two URLs of a window colliding in a
+    # 64-bit hash: about 1 in 10^10).
+    urls: tuple[int, ...] = ()
 
     # Over the member titles: the fewest counting tokens and the most repeated n-grams. With
     # them `match` rules a candidate out from its count of shared n-grams alone, before
@@ -380,7 +383,7 @@ class StoryIndex:
         # ids (8 bytes each, where a set takes about 40) while they are few enough to be read,
         # a set once the n-gram is a stop-gram (more than MAX_POSTING_STORIES).
         self._postings: dict[int, int | array[int] | set[int]] = {}
-        self._by_url: dict[str, int] = {}
+        self._by_url: dict[int, int] = {}  # hash(canonical URL) → story
         self._by_title: dict[str, int] = {}
         self._expiry: list[tuple[datetime, int]] = []  # one entry per story; may lag its last_seen_at
         self._feature_cache: OrderedDict[str, TitleFeatures] = OrderedDict()
@@ -411,7 +414,7 @@ class StoryIndex:
         """The id of the active story this item belongs to, or None for a new story."""
         cutoff = now - self._window
         if canonical_url:
-            story_id = self._by_url.get(canonical_url)
+            story_id = self._by_url.get(hash(canonical_url))
             if story_id is not None and self._active(story_id, cutoff) is not None:
                 return story_id
         story_id = self._by_title.get(norm_title)
@@ -419,7 +422,8 @@ class StoryIndex:
             return story_id
         features = self._features(norm_title)
         hits: dict[int, int] = {}
-        common = 0  # n-grams in too many stories to list: any candidate may share them
+        # Postings of n-grams in too many stories to list them (stop-grams): looked into, not read.
+        common: list[array[int] | set[int]] = []
         for gram in features.ordered_grams:
             posting = self._postings.get(_gram_key(gram))
             if posting is None:
@@ -430,7 +434,7 @@ class StoryIndex:
                 for candidate in posting:
                     hits[candidate] = hits.get(candidate, 0) + 1
             else:
-                common += 1
+                common.append(posting)
         if not hits:
             return None
         best_id: int | None = None
@@ -443,10 +447,12 @@ class StoryIndex:
             if len(story.sources) == 1 and source_id in story.sources:
                 needed += SAME_SOURCE_MARGIN
             # A pair reaches `needed` only if the shorter title's coverage can reach
-            # (needed + 1) / 2, and coverage <= 2 * (shared + repeats) / weight: with the
-            # shared count bounded by `count + common`, neither title may be the short one.
+            # (needed + 1) / 2, and coverage <= 2 * (shared + repeats) / weight. `shared`, the
+            # n-grams of this title any member has, is exact: the listed ones counted from the
+            # postings, the candidate looked up in the stop-grams' sets. Neither title may be the
+            # short one: the candidate is ruled out without computing a member's features.
             reach = (needed + 1.0) / 4.0
-            shared = count + common
+            shared = count + sum(candidate in stop for stop in common) if common else count
             if shared + features.repeats < reach * features.weight and shared + story.max_repeats < (
                 reach * story.min_weight
             ):
@@ -469,9 +475,11 @@ class StoryIndex:
             story.last_seen_at = seen_at
         if source_id not in story.sources:
             story.sources += (source_id,)
-        if canonical_url and canonical_url not in self._by_url and len(story.urls) < MAX_KEYS_PER_STORY:
-            self._by_url[canonical_url] = story_id
-            story.urls += (canonical_url,)
+        if canonical_url and len(story.urls) < MAX_KEYS_PER_STORY:
+            url_key = hash(canonical_url)
+            if url_key not in self._by_url:
+                self._by_url[url_key] = story_id
+                story.urls += (url_key,)
         if norm_title in self._by_title:
             return  # this wording is indexed already (here or in a story it was not merged with)
         if len(story.title_keys) >= MAX_KEYS_PER_STORY:

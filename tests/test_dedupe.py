@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from aggregator.dedupe import (
     DEFAULT_THRESHOLD,
     DEFAULT_WINDOW_S,
+    MAX_POSTING_STORIES,
     SAME_SOURCE_MARGIN,
     StoryIndex,
     assign,
@@ -216,6 +217,19 @@ def test_match_prefers_the_best_story() -> None:
     index.add_item(2, normalize_title("董明珠再回应玫瑰空调被吐槽"), None, "weibo", NOW)
     title = normalize_title("董明珠回应玫瑰空调被吐槽：设计是员工自己做的")
     assert index.match(title, None, "toutiao", NOW) == 2
+
+
+def test_stop_grams_still_count_towards_a_match() -> None:
+    # "中国", "国男", "男子" are in more stories than a posting list is read for (stop-grams).
+    # The short query shares only two listed n-grams with its story ("子勇", "勇救"): too few
+    # to reach the threshold unless the three stop-grams it shares are counted too.
+    index = StoryIndex()
+    fillers = [chr(0x5000 + 4 * i) + chr(0x5001 + 4 * i) + chr(0x5002 + 4 * i) for i in range(MAX_POSTING_STORIES + 6)]
+    for number, filler in enumerate(fillers, start=100):
+        index.add_item(number, normalize_title(f"中国男子{filler}"), None, "weibo", NOW)
+    index.add_item(7, normalize_title("中国男子勇救落水儿童"), None, "weibo", NOW)
+    assert index.match(normalize_title("中国男子勇救"), None, "baidu", NOW) == 7
+    assert index.match(normalize_title("日本男子勇救"), None, "baidu", NOW) is None
 
 
 def test_story_expires_after_the_window() -> None:
