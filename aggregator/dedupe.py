@@ -29,10 +29,11 @@ import re
 import sys
 import zlib
 from array import array
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from operator import itemgetter
 from typing import Protocol
 
 # Similarity 0.5 is a shorter title 75% covered once penalties are applied. On the labelled pairs
@@ -111,7 +112,7 @@ _NUMBER_WORDS = {
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
 _WORDCHAR = rf"[^\W_{_CJK}]"
 _TOKEN_RE = re.compile(
-    rf"(?P<cjk>[{_CJK}])"
+    rf"(?P<cjk>[{_CJK}]+)"  # a run: each character is a token
     rf"|(?P<score>\d+(?:\s*[:：比]\s*\d+)+)(?!{_WORDCHAR})"
     rf"|(?P<num>(?P<digits>\d+(?:\.\d+)*)(?!{_WORDCHAR})(?:[余多]?(?P<unit>[万亿]))?)"
     rf"|(?P<word>{_WORDCHAR}+)"
@@ -146,6 +147,7 @@ class TitleFeatures:
     # Per gram of ordered_grams, the tokens its occurrences cover as a bit mask (bit i: token i).
     # Two ints per title instead of a tuple per n-gram: thousands of titles' features are cached.
     gram_masks: tuple[int, ...]
+    keys: array[int]  # per gram of ordered_grams, its posting key (`_gram_key`), 4 bytes each
     weighted_mask: int  # the tokens that count (English stopwords and single letters do not)
     weight: int  # number of tokens that count
     repeats: int  # n-grams occurring more than once (spans - distinct grams), for the score bound
@@ -228,11 +230,24 @@ def title_features(norm_title: str) -> TitleFeatures:
         if kind == "sep":
             run_start = len(tokens)
             continue
-        is_cjk = kind == "cjk"
+        if kind == "cjk":
+            # Each character is a token that counts; each pair within the run, or with the token
+            # before it, is a bigram. One regex match for the run instead of one per character.
+            index = len(tokens)
+            for char in token:
+                char = _intern(char)
+                if index > run_start:
+                    gram = _intern(tokens[-1] + char)
+                    masks[gram] = masks.get(gram, 0) | (3 << (index - 1))
+                    span_count += 1
+                tokens.append(char)
+                weighted.append(True)
+                index += 1
+            cjk_count += len(token)
+            prev_cjk = True
+            continue
         counts = True
-        if is_cjk:
-            cjk_count += 1
-        elif kind == "score":
+        if kind == "score":
             token = ":".join(_canonical_number(part, 1.0) for part in _SCORE_SPLIT_RE.split(token))
             numbers.add(token)
         elif kind == "num":
@@ -249,22 +264,23 @@ def title_features(norm_title: str) -> TitleFeatures:
         # Tokens and n-grams recur across titles: interned, the cached features share them.
         token = _intern(token)
         index = len(tokens)
-        if index > run_start and (is_cjk or prev_cjk):
+        if index > run_start and prev_cjk:
             gram = _intern(tokens[-1] + token)
             masks[gram] = masks.get(gram, 0) | (3 << (index - 1))
             span_count += 1
-        if not is_cjk and counts:
+        if counts:
             masks[token] = masks.get(token, 0) | (1 << index)
             span_count += 1
         tokens.append(token)
         weighted.append(counts)
-        prev_cjk = is_cjk
+        prev_cjk = False
     counted = [t for t, w in zip(tokens, weighted, strict=True) if w]
     ordered = tuple(masks)
     return TitleFeatures(
         grams=frozenset(ordered),
         ordered_grams=ordered,
         gram_masks=tuple(masks.values()),
+        keys=array("I", map(_gram_key, ordered)),
         weighted_mask=sum(1 << i for i, w in enumerate(weighted) if w),
         weight=len(counted),
         repeats=span_count - len(ordered),
@@ -421,25 +437,27 @@ class StoryIndex:
         if story_id is not None and self._active(story_id, cutoff) is not None:
             return story_id
         features = self._features(norm_title)
-        hits: dict[int, int] = {}
+        listed: list[int] = []  # the stories of each listed n-gram, one entry per n-gram shared
         # Postings of n-grams in too many stories to list them (stop-grams): looked into, not read.
         common: list[array[int] | set[int]] = []
-        for gram in features.ordered_grams:
-            posting = self._postings.get(_gram_key(gram))
+        postings = self._postings
+        for key in features.keys:
+            posting = postings.get(key)
             if posting is None:
                 continue
             if isinstance(posting, int):
-                hits[posting] = hits.get(posting, 0) + 1
+                listed.append(posting)
             elif len(posting) <= MAX_POSTING_STORIES:
-                for candidate in posting:
-                    hits[candidate] = hits.get(candidate, 0) + 1
+                listed.extend(posting)
             else:
                 common.append(posting)
-        if not hits:
+        if not listed:
             return None
         best_id: int | None = None
         best_score = 0.0
-        for candidate, count in heapq.nlargest(MAX_CANDIDATES, hits.items(), key=lambda kv: kv[1]):
+        # Most shared n-grams first, ties in the order met (Counter counts and sorted orders in C).
+        ranked = sorted(Counter(listed).items(), key=itemgetter(1), reverse=True)
+        for candidate, count in ranked[:MAX_CANDIDATES]:
             story = self._active(candidate, cutoff)
             if story is None:
                 continue
@@ -447,15 +465,16 @@ class StoryIndex:
             if len(story.sources) == 1 and source_id in story.sources:
                 needed += SAME_SOURCE_MARGIN
             # A pair reaches `needed` only if the shorter title's coverage can reach
-            # (needed + 1) / 2, and coverage <= 2 * (shared + repeats) / weight. `shared`, the
-            # n-grams of this title any member has, is exact: the listed ones counted from the
-            # postings, the candidate looked up in the stop-grams' sets. Neither title may be the
-            # short one: the candidate is ruled out without computing a member's features.
+            # (needed + 1) / 2, and coverage <= 2 * (shared + repeats) / weight, where `shared`
+            # counts this title's n-grams that any member has. If neither title can be the short
+            # one, the candidate is ruled out without computing a member's features. `shared` is
+            # exact: the listed n-grams counted from the postings, then (only when sharing every
+            # stop-gram would be enough) the candidate looked up in the stop-grams' sets.
             reach = (needed + 1.0) / 4.0
-            shared = count + sum(candidate in stop for stop in common) if common else count
-            if shared + features.repeats < reach * features.weight and shared + story.max_repeats < (
-                reach * story.min_weight
-            ):
+            enough = min(reach * features.weight - features.repeats, reach * story.min_weight - story.max_repeats)
+            if count + len(common) < enough:
+                continue
+            if common and count + sum(candidate in stop for stop in common) < enough:
                 continue
             score = max(_similarity(features, self._features(member), needed) for member in story.titles)
             if score >= needed and score > best_score:
@@ -493,8 +512,7 @@ class StoryIndex:
             # A story's first title: its id is in no posting yet, no need to look.
             first_title = len(story.title_keys) == 1
             postings = self._postings
-            for gram in features.ordered_grams:
-                key = _gram_key(gram)
+            for key in features.keys:
                 posting = postings.get(key)
                 if posting is None:
                     postings[key] = story_id
@@ -534,8 +552,7 @@ class StoryIndex:
     def _drop(self, story_id: int, story: _Story) -> None:
         del self._stories[story_id]
         for title in story.titles:
-            for gram in self._features(title).grams:
-                key = _gram_key(gram)
+            for key in self._features(title).keys:
                 posting = self._postings.get(key)
                 if posting is None:
                     continue
