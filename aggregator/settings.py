@@ -79,13 +79,52 @@ def _zone(value: object) -> str:
     return value
 
 
+# The database URL schemes the store runs on (the SQLite and PostgreSQL drivers it maps them to).
+STORE_SCHEMES = frozenset(
+    {
+        "sqlite",
+        "sqlite+pysqlite",
+        "sqlite+aiosqlite",
+        "postgresql",
+        "postgres",
+        "postgresql+asyncpg",
+        "postgresql+psycopg",
+        "postgresql+psycopg2",
+    }
+)
+
+
+def _store_url(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError("expected a database URL such as 'postgresql://user@host/db'")
+    if not value:
+        return value
+    from sqlalchemy.engine import make_url  # a settings error, before any store code runs
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        scheme = make_url(value).drivername
+    except (ArgumentError, ValueError):
+        # Not echoed: the URL may hold a password.
+        raise ValueError(
+            "not a database URL: expected 'sqlite:///path/to/file.db' or 'postgresql://user@host/db'"
+        ) from None
+    if scheme not in STORE_SCHEMES:
+        raise ValueError(
+            f"unsupported database {scheme!r}: aggregator stores to SQLite ('sqlite:///path/to/file.db') "
+            "or PostgreSQL ('postgresql://user@host/db')"
+        )
+    return value
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class StoreSettings(_Section):
     data_dir: str = "./data"
-    url: str = ""  # any SQLAlchemy URL; empty means {data_dir}/aggregator.db
+    # a SQLite or PostgreSQL URL (STORE_SCHEMES); empty means {data_dir}/aggregator.db
+    url: Annotated[str, BeforeValidator(_store_url)] = ""
     busy_timeout: Duration = 10.0
     pool_size: int = Field(5, ge=1, le=100)
     max_overflow: int = Field(5, ge=0, le=100)

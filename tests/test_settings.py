@@ -102,6 +102,8 @@ def test_lookup_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         ('[[sources]]\nid = "f"\nkind = "feed"\n', "sources[0](id=f)", "needs `url`"),
         ('[[sources]]\nid = "a"\nkind = "newsnow"\nweight = "heavy"\n', "sources[0](id=a).weight", "number"),
         ('[display]\ntimezone = "Mars/Olympus"\n', "display.timezone", "unknown time zone"),
+        ('[store]\nurl = "mysql://u:pw@127.0.0.1/x"\n', "store.url", "unsupported database 'mysql'"),
+        ('[store]\nurl = "not a url"\n', "store.url", "not a database URL"),
         ("not toml = = 1\n", "settings.toml", "not valid TOML"),
     ],
 )
@@ -129,6 +131,42 @@ def test_cli_exits_2_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFi
     err = capsys.readouterr().err
     assert "sources[0](id=a).interval" in err
     assert not data_dir.exists()
+
+
+def test_store_url_errors_do_not_echo_the_password(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(str(write(tmp_path, '[store]\nurl = "mysql://u:hunter2@127.0.0.1/x"\n')), environ={})
+    assert "hunter2" not in str(info.value)
+    url = "postgresql://u@127.0.0.1/x"
+    assert load_settings(str(write(tmp_path, f'[store]\nurl = "{url}"\n')), environ={}).store.url == url
+
+
+@pytest.mark.parametrize("command", [["top"], ["run", "--once"], ["sources"], ["db", "upgrade"]])
+@pytest.mark.parametrize(
+    ("data_dir", "words"),
+    [("file", "exists and is not a directory"), ("file/sub", "cannot create the data directory")],
+)
+def test_unusable_data_dir_is_a_store_error_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str], data_dir: str, words: str
+) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    path = write(
+        tmp_path, f'[store]\ndata_dir = "{tmp_path / data_dir}"\n[[sources]]\nid = "zhihu"\nkind = "newsnow"\n'
+    )
+    assert main(["--config", str(path), *command]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "[store] data_dir" in err
+    assert "Traceback" not in err
+    assert (tmp_path / "file").read_text() == "not a directory"
+
+
+def test_a_directory_where_the_database_file_should_be_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "data" / "aggregator.db").mkdir(parents=True)
+    path = write(tmp_path, f'[store]\ndata_dir = "{tmp_path / "data"}"\n')
+    assert main(["--config", str(path), "top"]) == 2
+    assert "aggregator.db is a directory, not a SQLite database file" in capsys.readouterr().err
 
 
 def test_missing_config_file_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

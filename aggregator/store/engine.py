@@ -57,7 +57,7 @@ def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_over
         path = sqlite_path(url)
         if path is not None:
             precheck_sqlite(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_data_dir(path.parent)
         # Few connections: one writer at a time (the store queues writers) plus a reader or two;
         # each connection keeps its own page cache.
         engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s}, pool_size=3, max_overflow=2)
@@ -195,8 +195,22 @@ def _check_ours(connection: Connection) -> None:
             raise StoreError(f"database belongs to {row[0]!r}, not aggregator; refusing to touch it")
 
 
+def make_data_dir(directory: Path) -> None:
+    """Create the directory a SQLite file and its lock live in, or say clearly why it cannot be."""
+    if directory.exists() and not directory.is_dir():
+        raise StoreError(f"the data directory {directory} ([store] data_dir or url) exists and is not a directory")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the data directory {directory} ([store] data_dir or url): {exc.strerror or exc}"
+        ) from None
+
+
 def precheck_sqlite(path: Path) -> None:
     """Check an existing SQLite file read-only, before any pragma can change its header."""
+    if path.is_dir():
+        raise StoreError(f"{path} is a directory, not a SQLite database file")
     if not path.exists() or path.stat().st_size == 0:
         return
     try:

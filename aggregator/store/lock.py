@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import IO
 
 from aggregator.errors import StoreError
+from aggregator.store.engine import make_data_dir
 
 
 class DaemonLock:
@@ -16,8 +17,11 @@ class DaemonLock:
         self._fh: IO[str] | None = None
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = self.path.open("a+")
+        make_data_dir(self.path.parent)
+        try:
+            fh = self.path.open("a+")
+        except OSError as exc:
+            raise StoreError(f"cannot open the daemon lock {self.path}: {exc.strerror or exc}") from None
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
