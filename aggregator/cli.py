@@ -164,6 +164,15 @@ async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
     store = await _open_store(settings)
     try:
         rows = await store.top(args.limit, args.source)
+        if args.source and not rows:
+            # A source no longer configured still has its history; one in neither place is a typo.
+            stored = set(await store.source_states())
+            configured = {s.id for s in settings.sources}
+            if args.source not in stored | configured:
+                known = ", ".join(sorted(stored | configured)) or "none"
+                raise ConfigError(
+                    "--source", f"no source {args.source!r} in the settings or the store (known: {known})"
+                )
     finally:
         await store.close()
     zone = settings.display.zone
@@ -181,7 +190,8 @@ async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
         print()
         return EXIT_OK
     if not rows:
-        print("no stories yet: run `aggregator run --once` or start the daemon")
+        where = f" from {args.source}" if args.source else ""
+        print(f"no stories{where} yet: run `aggregator run --once` or start the daemon")
         return EXIT_OK
     print(f"{'#':>3} {'热度':>6}    {pad('title', 50)}  {pad('platforms', 30)} {'seen':<11}")
     for r in rows:

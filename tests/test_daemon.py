@@ -133,6 +133,10 @@ def test_run_once_stores_exact_lists(tmp_path: Path, http_server: LoopbackServer
     assert [r["position"] for r in rows] == [1, 2, 3] and rows[0]["score"] == 100.0
     table = cli("top", config=config)
     assert rows[0]["title"][:10] in table.stdout
+    only = json.loads(cli("top", "--json", "--source", "solidot", config=config).stdout)
+    assert {r["title"] for r in only} == {"开源数据库发布新版本", "80° 广角镜头的新手机", "科学家发现新的系外行星"}
+    typo = cli("top", "--source", "solidott", config=config)
+    assert typo.returncode == 2 and "no source 'solidott'" in typo.stderr and "solidot" in typo.stderr
 
 
 def test_second_round_adds_observations_not_items(tmp_path: Path, http_server: LoopbackServer) -> None:
