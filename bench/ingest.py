@@ -101,6 +101,8 @@ async def main_async(args: argparse.Namespace) -> None:
     async with httpx.AsyncClient() as c:
         await c.get(f"{base}/round/0/{max(args.lists, args.feeds)}")
     print(f"{args.lists} NewsNow lists and {args.feeds} feeds of {args.size} entries, SQLite at {tmp}")
+    # The floor every later figure stands on: imported code and the open store, no story yet.
+    print(f"  RSS after start (imports, store open, nothing polled): {current_rss_mb():.0f} MB")
 
     def report(name: str, results: list[PollResult], seconds: float, stmts: int) -> int:
         if not results:
