@@ -450,22 +450,26 @@ class Store:
             for i, score in enumerate(table.scores()):
                 yield i, 0.0 if not table.listed[i] and score < SCORE_FLOOR else score
 
+        db_time = _db_times(self.engine.dialect)
+        at_now = db_time(now)
+
         def story_rows() -> Iterator[dict[str, Any]]:
             for i, score in final_scores():
+                last = table.last_seen[i]
                 yield dict(
                     b_id=table.ids[i],
                     b_heat=table.heats[i],
                     b_score=score,
-                    b_at=now,
+                    b_at=at_now,
                     b_base=table.bases[i],
-                    b_last=table.last_seen[i] or now,
+                    b_last=at_now if last is None else db_time(last),
                 )
 
         def history_rows() -> Iterator[dict[str, Any]]:
             if record_history:
                 for i, score in final_scores():
                     if score > 0:
-                        yield dict(story_id=table.ids[i], scored_at=now, heat=table.heats[i], score=score)
+                        yield dict(story_id=table.ids[i], scored_at=at_now, heat=table.heats[i], score=score)
 
         stmt = (
             stories.update()
@@ -482,7 +486,8 @@ class Store:
                 ),
             )
         )
-        seen = (dict(b_id=iid, b_at=at, b_rank=rank) for iid, at, rank in zip(item_ids, seen_at, ranks, strict=True))
+        listed = zip(item_ids, seen_at, ranks, strict=True)
+        seen = (dict(b_id=iid, b_at=db_time(at), b_rank=rank) for iid, at, rank in listed)
         refresh = (
             items.update()
             .where(
@@ -501,15 +506,13 @@ class Store:
                 ),
             )
         )
+        history = _upsert_dialect(self.engine.dialect.name, story_scores).on_conflict_do_nothing()
+        history = history.values({c: sa.bindparam(c) for c in ("story_id", "scored_at", "heat", "score")})
         try:
             async with self._begin() as conn:
-                for batch in _batched(seen, RESCORE_BATCH):
-                    await conn.execute(refresh, batch)
-                for batch in _batched(story_rows(), RESCORE_BATCH):
-                    await conn.execute(stmt, batch)
-                ins = _upsert(conn, story_scores).on_conflict_do_nothing()
-                for batch in _batched(history_rows(), RESCORE_BATCH):
-                    await conn.execute(ins, batch)
+                await _execute_batches(conn, refresh, seen)
+                await _execute_batches(conn, stmt, story_rows())
+                await _execute_batches(conn, history, history_rows())
         except (OperationalError, DBAPIError) as exc:
             raise _store_error(exc, "cannot store scores") from exc
         return len(table)
@@ -980,6 +983,37 @@ def _insert(
         return conn.execute(stmt, dicts[0]).scalar_one()
     conn.execute(stmt, dicts)
     return None
+
+
+def _db_times(dialect: Dialect) -> Callable[[datetime], Any]:
+    """`_db_time` for many values: on SQLite each distinct time is formatted once."""
+    if dialect.name != "sqlite":
+        return lambda at: at
+    texts: dict[datetime, str] = {}
+
+    def text(at: datetime) -> str:
+        found = texts.get(at)
+        if found is None:
+            found = texts[at] = _TIME.process_bind_param(at, dialect)
+        return found
+
+    return text
+
+
+async def _execute_batches(conn: AsyncConnection, stmt: Any, rows: Iterable[dict[str, Any]]) -> None:
+    """`stmt` for each of `rows` (values as `_db_times` gives them), RESCORE_BATCH at a time.
+
+    On SQLite through the driver's executemany with the statement compiled once: SQLAlchemy's
+    per-row parameter processing was most of rescore's time, and the rows hold driver values.
+    """
+    if conn.dialect.name != "sqlite":
+        for batch in _batched(rows, RESCORE_BATCH):
+            await conn.execute(stmt, batch)
+        return
+    compiled = stmt.compile(dialect=conn.dialect)
+    sql, names = str(compiled), tuple(compiled.positiontup or ())
+    for batch in _batched(rows, RESCORE_BATCH):
+        await conn.exec_driver_sql(sql, [tuple(row[n] for n in names) for row in batch])
 
 
 def _db_time(conn: sa.Connection, at: datetime) -> Any:
