@@ -207,6 +207,23 @@ async def test_ranked_items_ordered_with_top_100(store_url: str) -> None:
         await store.close()
 
 
+async def test_rescore_reads_from_the_latest_lists_not_from_every_item(tmp_path: Path) -> None:
+    """SQLite's plan for rescore's read: the latest lists first, sorted afterwards. Ordered by
+    the story column as it is, SQLite walks every item by its story index and looks up the
+    lists for each (5.6 s instead of 0.08 s on the ingest benchmark's database)."""
+    store = await open_store(f"sqlite+aiosqlite:///{tmp_path / 'a.db'}")
+    try:
+        await store.record_poll(poll_write("weibo", ["一", "二"], T0))
+        _, rows = store._current_queries(T0)
+        sql = str(rows.compile(dialect=store.engine.dialect, compile_kwargs={"literal_binds": True}))
+    finally:
+        await store.close()
+    plan = [r[3] for r in sqlite3.connect(tmp_path / "a.db").execute(f"EXPLAIN QUERY PLAN {sql}")]
+    assert plan[0] == "SCAN sources", plan
+    assert not any(step.startswith("SCAN items") for step in plan), plan
+    assert "USE TEMP B-TREE FOR ORDER BY" in plan
+
+
 async def test_sqlite_times_are_datetime_text(tmp_path: Path) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'a.db'}"
     store = await open_store(url)
