@@ -244,6 +244,8 @@ def test_story_expires_after_the_window() -> None:
     assert index.match(title, "https://example.com/quake", "baidu", after) is None
     assert index.expire(after) == [7]
     assert len(index) == 0 and 7 not in index
+    # nothing of it stays behind in the dictionaries (the window bounds the index's memory)
+    assert not index._postings and not index._by_url and not index._by_title and not index._expiry
     assert index.expire(after) == []
     assert index.match(title, "https://example.com/quake", "baidu", after) is None
     assert assign(index, [_item(8, "缅甸7.9级地震", "baidu")], after) == [8]
