@@ -401,6 +401,7 @@ class StoryIndex:
         self._postings: dict[int, int | array[int] | set[int]] = {}
         self._by_url: dict[int, int] = {}  # hash(canonical URL) → story
         self._by_title: dict[str, int] = {}
+        self._one_source: dict[str, tuple[str]] = {}
         self._expiry: list[tuple[datetime, int]] = []  # one entry per story; may lag its last_seen_at
         self._feature_cache: OrderedDict[str, TitleFeatures] = OrderedDict()
 
@@ -492,7 +493,10 @@ class StoryIndex:
             heapq.heappush(self._expiry, (seen_at, story_id))
         elif seen_at > story.last_seen_at:
             story.last_seen_at = seen_at
-        if source_id not in story.sources:
+        if not story.sources:
+            # Nearly every story has one source: all of a source's share one 1-tuple.
+            story.sources = self._one_source.setdefault(source_id, (source_id,))
+        elif source_id not in story.sources:
             story.sources += (source_id,)
         if canonical_url and len(story.urls) < MAX_KEYS_PER_STORY:
             url_key = hash(canonical_url)
