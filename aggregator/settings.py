@@ -79,21 +79,6 @@ def _zone(value: object) -> str:
     return value
 
 
-# The database URL schemes the store runs on (the SQLite and PostgreSQL drivers it maps them to).
-STORE_SCHEMES = frozenset(
-    {
-        "sqlite",
-        "sqlite+pysqlite",
-        "sqlite+aiosqlite",
-        "postgresql",
-        "postgres",
-        "postgresql+asyncpg",
-        "postgresql+psycopg",
-        "postgresql+psycopg2",
-    }
-)
-
-
 def _store_url(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError("expected a database URL such as 'postgresql://user@host/db'")
@@ -102,6 +87,8 @@ def _store_url(value: object) -> str:
     from sqlalchemy.engine import make_url  # a settings error, before any store code runs
     from sqlalchemy.exc import ArgumentError
 
+    from aggregator.store.engine import ASYNC_DRIVERS
+
     try:
         scheme = make_url(value).drivername
     except (ArgumentError, ValueError):
@@ -109,7 +96,7 @@ def _store_url(value: object) -> str:
         raise ValueError(
             "not a database URL: expected 'sqlite:///path/to/file.db' or 'postgresql://user@host/db'"
         ) from None
-    if scheme not in STORE_SCHEMES:
+    if scheme not in ASYNC_DRIVERS:
         raise ValueError(
             f"unsupported database {scheme!r}: aggregator stores to SQLite ('sqlite:///path/to/file.db') "
             "or PostgreSQL ('postgresql://user@host/db')"
@@ -123,7 +110,7 @@ class _Section(BaseModel):
 
 class StoreSettings(_Section):
     data_dir: str = "./data"
-    # a SQLite or PostgreSQL URL (STORE_SCHEMES); empty means {data_dir}/aggregator.db
+    # a SQLite or PostgreSQL URL (store.engine.ASYNC_DRIVERS); empty means {data_dir}/aggregator.db
     url: Annotated[str, BeforeValidator(_store_url)] = ""
     busy_timeout: Duration = 10.0
     pool_size: int = Field(5, ge=1, le=100)

@@ -47,12 +47,25 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+# The database URL schemes the store runs on, and the async driver it uses for each
+# (`[store] url` accepts these and nothing else).
+ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+asyncpg",
+    "postgres": "postgresql+asyncpg",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "postgresql+psycopg": "postgresql+asyncpg",
+    "postgresql+psycopg2": "postgresql+asyncpg",
+}
+
+
 def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
     parsed = make_url(url)
-    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
-        url = str(parsed.set(drivername="sqlite+aiosqlite"))
-    elif parsed.drivername in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg"):
-        url = str(parsed.set(drivername="postgresql+asyncpg"))
+    driver = ASYNC_DRIVERS.get(parsed.drivername)
+    if driver is not None and driver != parsed.drivername:
+        url = str(parsed.set(drivername=driver))
     if url.startswith("sqlite"):
         path = sqlite_path(url)
         if path is not None:
