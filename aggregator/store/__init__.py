@@ -446,15 +446,14 @@ class Store:
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _store_error(exc, "cannot read the lists to score") from exc
 
-        def final_scores() -> Iterator[tuple[int, float]]:
-            for i, score in enumerate(table.scores()):
-                yield i, 0.0 if not table.listed[i] and score < SCORE_FLOOR else score
-
+        # Each story's 热度 once, for its row and its history row.
+        pairs = zip(table.scores(), table.listed, strict=True)
+        scores = array("d", (0.0 if not listed and s < SCORE_FLOOR else s for s, listed in pairs))
         db_time = _db_times(self.engine.dialect)
         at_now = db_time(now)
 
         def story_rows() -> Iterator[dict[str, Any]]:
-            for i, score in final_scores():
+            for i, score in enumerate(scores):
                 last = table.last_seen[i]
                 yield dict(
                     b_id=table.ids[i],
@@ -467,7 +466,7 @@ class Store:
 
         def history_rows() -> Iterator[dict[str, Any]]:
             if record_history:
-                for i, score in final_scores():
+                for i, score in enumerate(scores):
                     if score > 0:
                         yield dict(story_id=table.ids[i], scored_at=at_now, heat=table.heats[i], score=score)
 
@@ -486,8 +485,8 @@ class Store:
                 ),
             )
         )
-        listed = zip(item_ids, seen_at, ranks, strict=True)
-        seen = (dict(b_id=iid, b_at=db_time(at), b_rank=rank) for iid, at, rank in listed)
+        entries = zip(item_ids, seen_at, ranks, strict=True)
+        seen = (dict(b_id=iid, b_at=db_time(at), b_rank=rank) for iid, at, rank in entries)
         refresh = (
             items.update()
             .where(
