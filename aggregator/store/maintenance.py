@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from aggregator.errors import StoreError
 from aggregator.health import HEARTBEAT_KEY_PREFIX, Heartbeat
 from aggregator.settings import RetentionSettings
-from aggregator.store import Store
+from aggregator.store import Store, _upsert
 from aggregator.store.engine import APPLICATION, check_version, head_revision, precheck_sqlite, sqlite_path
 from aggregator.store.schema import items, meta, observations, polls, story_scores
 
@@ -49,16 +49,6 @@ CONTENT_PRUNED = "pruned"
 # milliseconds (a retention batch tens of them), so a longer wait means writes are stuck;
 # it stays under the Dockerfile's HEALTHCHECK timeout of 10s.
 HEALTH_BUSY_TIMEOUT_S = 5.0
-
-
-def _upsert(conn: AsyncConnection, table: sa.Table) -> Any:
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table)
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table)
 
 
 def _store_error(exc: BaseException, doing: str) -> StoreError:
