@@ -1,4 +1,4 @@
-"""The `aggregator` command line: run, sources, top, export, health, db upgrade|backup|check."""
+"""The `aggregator` command line: run, sources, top, search, explain, history, export, health, db."""
 
 from __future__ import annotations
 
@@ -39,6 +39,12 @@ def _parser() -> argparse.ArgumentParser:
     top.add_argument("--limit", type=int, default=20, metavar="N")
     top.add_argument("--source", metavar="ID", help="only stories listed by this source")
     top.add_argument("--json", action="store_true", help="JSON for scripts")
+
+    search = sub.add_parser("search", help="stories whose titles hold every word of TEXT, newest first")
+    search.add_argument("text", nargs="+", metavar="TEXT", help="words to find (substrings, case-insensitive)")
+    search.add_argument("--limit", type=int, default=20, metavar="N")
+    search.add_argument("--source", metavar="ID", help="only items listed by this source")
+    search.add_argument("--json", action="store_true", help="JSON for scripts")
 
     explain = sub.add_parser("explain", help="every term of a story's 热度")
     explain.add_argument("story", metavar="STORY", help="story id, item id or item key")
@@ -158,6 +164,27 @@ async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def _check_source(store: Any, settings: Settings, source_id: str) -> None:
+    """A source no longer configured still has its history; one in neither place is a typo."""
+    stored = set(await store.source_states())
+    configured = {s.id for s in settings.sources}
+    if source_id not in stored | configured:
+        known = ", ".join(sorted(stored | configured)) or "none"
+        raise ConfigError("--source", f"no source {source_id!r} in the settings or the store (known: {known})")
+
+
+def _print_json(rows: Sequence[dict[str, Any]]) -> None:
+    """Rows as a JSON array for scripts; times as ISO-8601 with their UTC offset."""
+
+    def default(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    json.dump(list(rows), sys.stdout, ensure_ascii=False, indent=2, default=default)
+    print()
+
+
 async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
     if args.limit < 1:
         raise ConfigError("--limit", "must be at least 1")
@@ -165,29 +192,12 @@ async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
     try:
         rows = await store.top(args.limit, args.source)
         if args.source and not rows:
-            # A source no longer configured still has its history; one in neither place is a typo.
-            stored = set(await store.source_states())
-            configured = {s.id for s in settings.sources}
-            if args.source not in stored | configured:
-                known = ", ".join(sorted(stored | configured)) or "none"
-                raise ConfigError(
-                    "--source", f"no source {args.source!r} in the settings or the store (known: {known})"
-                )
+            await _check_source(store, settings, args.source)
     finally:
         await store.close()
     zone = settings.display.zone
     if args.json:
-        out = []
-        for r in rows:
-            item = dict(r)
-            for key in ("first_seen_at", "last_seen_at", "collected_at"):
-                if isinstance(item.get(key), datetime):
-                    item[key] = item[key].isoformat()
-                elif isinstance(item.get(key), str):
-                    item[key] = datetime.fromisoformat(item[key]).replace(tzinfo=None).isoformat() + "+00:00"
-            out.append(item)
-        json.dump(out, sys.stdout, ensure_ascii=False, indent=2)
-        print()
+        _print_json(rows)
         return EXIT_OK
     if not rows:
         where = f" from {args.source}" if args.source else ""
@@ -205,6 +215,42 @@ async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
         print(
             f"{r['position']:>3} {r['score']:>6.1f} {marker}  {pad(r['title'], 50)}  {pad(platforms, 30)} {seen_text}"
         )
+    return EXIT_OK
+
+
+async def _cmd_search(settings: Settings, args: argparse.Namespace) -> int:
+    import unicodedata
+
+    if args.limit < 1:
+        raise ConfigError("--limit", "must be at least 1")
+    words = [w for text in args.text for w in text.split()]
+    if not words:
+        raise ConfigError("TEXT", "give at least one word to search for")
+    # As typed and NFKC-normalized: full-width letters and digits find their ASCII forms.
+    terms = [list(dict.fromkeys((w, unicodedata.normalize("NFKC", w)))) for w in words]
+    store = await _open_store(settings)
+    try:
+        rows = await store.search(terms, args.limit, args.source)
+        if args.source and not rows:
+            await _check_source(store, settings, args.source)
+    finally:
+        await store.close()
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print(f"no story has a title with {' '.join(words)!r}")
+        return EXIT_OK
+    zone = settings.display.zone
+    header = f"{'story':>20} {'热度':>6} {'now':>6}  {pad('title', 50)}  {pad('platforms (best rank)', 30)}"
+    print(f"{header} last seen")
+    for r in rows:
+        platforms = ",".join(
+            s["source_id"] + (f"#{s['best_rank']}" if s["best_rank"] is not None else "") for s in r["sources"]
+        )
+        now = f"#{r['position']}" if r["position"] is not None else "-"
+        seen = r["last_seen_at"].astimezone(zone).strftime("%m-%d %H:%M")
+        print(f"{r['story_id']:>20} {r['score']:>6.1f} {now:>6}  {pad(r['title'], 50)}  {pad(platforms, 30)} {seen}")
     return EXIT_OK
 
 
@@ -372,6 +418,7 @@ COMMANDS = {
     "run": _cmd_run,
     "sources": _cmd_sources,
     "top": _cmd_top,
+    "search": _cmd_search,
     "explain": _cmd_explain,
     "history": _cmd_history,
     "export": _cmd_export,

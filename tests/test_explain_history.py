@@ -69,3 +69,24 @@ def test_history_and_rising_marker(tmp_path: Path, http_server: LoopbackServer) 
     assert fallen["rising"] is False
     table = cli("top", config=config).stdout
     assert re.search(r"↑\s+国足1比0战胜对手\s+weibo#1", table)
+
+
+def test_search_shows_stories_across_platforms(tmp_path: Path, http_server: LoopbackServer) -> None:
+    config = three_sources(tmp_path, http_server)
+    assert cli("run", "--once", config=config).returncode == 0
+    found = json.loads(cli("search", "暴雨", "积水", "--json", config=config).stdout)
+    ((story_id,),) = query(tmp_path, "SELECT DISTINCT story_id FROM items WHERE title LIKE '%暴雨%'")
+    assert [r["story_id"] for r in found] == [story_id]
+    assert sorted(s["source_id"] for s in found[0]["sources"]) == ["baidu", "toutiao", "weibo"]
+    assert found[0]["last_seen_at"].endswith("+00:00") and found[0]["position"] >= 1
+    table = cli("search", "国足", config=config)
+    assert table.returncode == 0
+    assert re.search(r"国足1比0战胜对手\s+weibo#3", table.stdout) and "国足0比2不敌对手" in table.stdout
+    # Full-width digits as typed find the ASCII ones stored.
+    wide = json.loads(cli("search", "国足１比０", "--json", config=config).stdout)
+    assert [r["title"] for r in wide] == ["国足1比0战胜对手"]
+    assert "no story has a title with '火星'" in cli("search", "火星", config=config).stdout
+    typo = cli("search", "国足", "--source", "weibo2", config=config)
+    assert typo.returncode == 2 and "no source 'weibo2'" in typo.stderr
+    empty = cli("search", " ", config=config)
+    assert empty.returncode == 2 and "TEXT" in empty.stderr

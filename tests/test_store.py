@@ -207,6 +207,31 @@ async def test_ranked_items_ordered_with_top_100(store_url: str) -> None:
         await store.close()
 
 
+async def test_search_finds_every_word_literally_and_newest_first(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        await store.record_poll(poll_write("weibo", ["iPhone 18 发布", "100% 中签", "暴雨 北京"], T0))
+        await store.record_poll(poll_write("zhihu", ["北京 暴雨 预警", "1000 中签"], T0 + timedelta(minutes=1)))
+        await store.rescore(T0 + timedelta(minutes=2), ScoreSettings())
+        found = await store.search([["暴雨"], ["北京"]], 10)
+        # Both wordings, newest story first; every word must be in the same title.
+        assert [r["title"] for r in found] == ["北京 暴雨 预警", "暴雨 北京"]
+        assert found[0]["sources"] == [{"source_id": "zhihu", "best_rank": 1}]
+        assert found[1]["sources"] == [{"source_id": "weibo", "best_rank": 3}]
+        assert all(isinstance(r["position"], int) for r in found)
+        assert found[0]["url"] == "https://e.example/zhihu/北京 暴雨 预警"
+        assert [r["title"] for r in await store.search([["暴雨"], ["上海"]], 10)] == []
+        # Case-insensitive for ASCII; % is a character, not a wildcard.
+        assert [r["title"] for r in await store.search([["IPHONE"]], 10)] == ["iPhone 18 发布"]
+        assert [r["title"] for r in await store.search([["0%"]], 10)] == ["100% 中签"]
+        assert [r["title"] for r in await store.search([["中签"]], 1)] == ["1000 中签"]
+        assert [r["title"] for r in await store.search([["暴雨"]], 10, "weibo")] == ["暴雨 北京"]
+        # Any spelling of a term matches.
+        assert len(await store.search([["nothing", "暴雨"]], 10)) == 2
+    finally:
+        await store.close()
+
+
 async def test_rescore_reads_from_the_latest_lists_not_from_every_item(tmp_path: Path) -> None:
     """SQLite's plan for rescore's read: the latest lists first, sorted afterwards. Ordered by
     the story column as it is, SQLite walks every item by its story index and looks up the

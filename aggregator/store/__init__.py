@@ -38,6 +38,8 @@ from aggregator.store.schema import UtcDateTime, items, meta, observations, poll
 STALE_LIST_S = 24 * 3600.0
 # Scores under this (rounded to one decimal it is 0.0) and off every list leave ranked_items.
 SCORE_FLOOR = 0.05
+# Wordings of a story that `search` returns with it (the first ones seen).
+SEARCH_TITLES = 5
 # Rows per executemany in `rescore`: the parameter dicts of every active story at once are
 # tens of megabytes that stay in the process as free memory after the job.
 RESCORE_BATCH = 1000
@@ -672,6 +674,68 @@ class Store:
         trends = await self.trends([int(r["story_id"]) for r in rows], now or datetime.now(UTC))
         for row in rows:
             row.update(trends.get(int(row["story_id"]), {}))
+        return rows
+
+    async def search(
+        self, terms: Sequence[Sequence[str]], limit: int, source_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Stories with an item whose title holds every term (any spelling of each), newest first.
+
+        `terms` holds, per term, its spellings (say as typed and NFKC-normalized). Matching is
+        a substring match, case-insensitive (on SQLite for ASCII letters only); `%`, `_` and
+        `\\` in a term are literal. Each story comes with its current `position` in ranked_items
+        (None once it has left), its sources with their best rank, and its first wordings.
+        """
+        title = items.c.title
+        matched = sa.select(items.c.story_id).where(
+            *(sa.or_(*(title.icontains(s, autoescape=True) for s in spellings)) for spellings in terms)
+        )
+        if source_id:
+            matched = matched.where(items.c.source_id == source_id)
+        found = (
+            sa.select(
+                stories.c.id.label("story_id"),
+                stories.c.title,
+                stories.c.score,
+                stories.c.source_count,
+                stories.c.first_seen_at,
+                stories.c.last_seen_at,
+                items.c.url,
+            )
+            .select_from(stories.join(items, items.c.id == stories.c.item_id))
+            .where(stories.c.id.in_(matched))
+            .order_by(stories.c.last_seen_at.desc(), stories.c.id.desc())
+            .limit(limit)
+        )
+        async with self._reading("cannot search") as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(found)]
+            ids = [int(r["story_id"]) for r in rows]
+            if not ids:
+                return []
+            members = (
+                sa.select(items.c.story_id, items.c.source_id, items.c.title, items.c.best_rank)
+                .where(items.c.story_id.in_(ids))
+                .order_by(items.c.story_id, items.c.first_seen_at, items.c.id)
+            )
+            positions = sa.text("SELECT story_id, position FROM ranked_items WHERE story_id IN :ids").bindparams(
+                sa.bindparam("ids", expanding=True)
+            )
+            member_rows = (await conn.execute(members)).all()
+            position = {int(r.story_id): int(r.position) for r in await conn.execute(positions, {"ids": ids})}
+        best: dict[int, dict[str, int | None]] = {}
+        titles: dict[int, list[str]] = {}
+        for m in member_rows:
+            ranks = best.setdefault(int(m.story_id), {})
+            old = ranks.get(m.source_id)
+            ranks[m.source_id] = m.best_rank if old is None or (m.best_rank is not None and m.best_rank < old) else old
+            wordings = titles.setdefault(int(m.story_id), [])
+            if m.title not in wordings and len(wordings) < SEARCH_TITLES:
+                wordings.append(m.title)
+        for row in rows:
+            sid = int(row["story_id"])
+            row["position"] = position.get(sid)
+            row["sources"] = [{"source_id": s, "best_rank": r} for s, r in best.get(sid, {}).items()]
+            row["titles"] = titles.get(sid, [])
         return rows
 
     async def trends(self, story_ids: Sequence[int], now: datetime) -> dict[int, dict[str, Any]]:
