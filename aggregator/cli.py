@@ -1,10 +1,9 @@
-"""The `aggregator` command line: run, sources, top, search, explain, history, export, health, db."""
+"""The `aggregator` command line: run, sources, top, search, explain, history, export, health, serve, db."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -15,7 +14,7 @@ from aggregator import __version__
 from aggregator.collectors import validate_sources
 from aggregator.errors import ConfigError, StoreError
 from aggregator.logs import setup_logging
-from aggregator.render import explain_lines, history_lines, pad
+from aggregator.render import explain_lines, history_lines, json_text, pad, unknown_source
 from aggregator.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -59,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
 
     health = sub.add_parser("health", help="exit 0 when the daemon's heartbeat is fresh, else 1 with the reason")
     health.add_argument("--instance", metavar="NAME", help="judge this instance (default [daemon] instance_id or host)")
+
+    serve = sub.add_parser("serve", help="top stories as JSON and an Atom feed, search and health over HTTP")
+    serve.add_argument("--host", metavar="HOST", help="address to listen on (default [serve] host)")
+    serve.add_argument("--port", type=int, metavar="PORT", help="port (default [serve] port; 0 picks a free one)")
 
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
@@ -165,24 +168,13 @@ async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _check_source(store: Any, settings: Settings, source_id: str) -> None:
-    """A source no longer configured still has its history; one in neither place is a typo."""
-    stored = set(await store.source_states())
-    configured = {s.id for s in settings.sources}
-    if source_id not in stored | configured:
-        known = ", ".join(sorted(stored | configured)) or "none"
-        raise ConfigError("--source", f"no source {source_id!r} in the settings or the store (known: {known})")
+    problem = await unknown_source(store, settings, source_id)
+    if problem:
+        raise ConfigError("--source", problem)
 
 
 def _print_json(rows: Sequence[dict[str, Any]]) -> None:
-    """Rows as a JSON array for scripts; times as ISO-8601 with their UTC offset."""
-
-    def default(value: Any) -> Any:
-        if isinstance(value, datetime):
-            return value.isoformat()
-        raise TypeError(f"{type(value).__name__} is not JSON")
-
-    json.dump(list(rows), sys.stdout, ensure_ascii=False, indent=2, default=default)
-    print()
+    print(json_text(list(rows)))
 
 
 async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
@@ -219,15 +211,13 @@ async def _cmd_top(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _cmd_search(settings: Settings, args: argparse.Namespace) -> int:
-    import unicodedata
+    from aggregator.normalize import search_terms
 
     if args.limit < 1:
         raise ConfigError("--limit", "must be at least 1")
-    words = [w for text in args.text for w in text.split()]
-    if not words:
+    terms = search_terms(args.text)
+    if not terms:
         raise ConfigError("TEXT", "give at least one word to search for")
-    # As typed and NFKC-normalized: full-width letters and digits find their ASCII forms.
-    terms = [list(dict.fromkeys((w, unicodedata.normalize("NFKC", w)))) for w in words]
     store = await _open_store(settings)
     try:
         rows = await store.search(terms, args.limit, args.source)
@@ -239,7 +229,7 @@ async def _cmd_search(settings: Settings, args: argparse.Namespace) -> int:
         _print_json(rows)
         return EXIT_OK
     if not rows:
-        print(f"no story has a title with {' '.join(words)!r}")
+        print(f"no story has a title with {' '.join(t[0] for t in terms)!r}")
         return EXIT_OK
     zone = settings.display.zone
     header = f"{'story':>20} {'热度':>6} {'now':>6}  {pad('title', 50)}  {pad('platforms (best rank)', 30)}"
@@ -316,23 +306,20 @@ def _mib(size: int) -> str:
 
 
 async def _cmd_health(settings: Settings, args: argparse.Namespace) -> int:
-    import socket
-    from datetime import UTC
+    from aggregator.health import check_health
 
-    from aggregator.health import choose_heartbeat, decide
-    from aggregator.store.maintenance import HEALTH_BUSY_TIMEOUT_S, inspect_health
-
-    busy_s = min(settings.store.busy_timeout, HEALTH_BUSY_TIMEOUT_S)
-    try:
-        beats, problem = await inspect_health(settings.store.effective_url, busy_timeout_s=busy_s)
-    except StoreError as exc:
-        # Exit 1, never 2: container runtimes read 1 as unhealthy and reserve 2.
-        print(f"unhealthy: {exc}")
-        return EXIT_FAILED
-    beat = choose_heartbeat(beats, args.instance or settings.daemon.instance_id, socket.gethostname())
-    ok, reason = decide(beat, datetime.now(UTC), settings.health.stale_after, problem)
+    ok, reason = await check_health(settings, args.instance)
     print(reason if ok else f"unhealthy: {reason}")
     return EXIT_OK if ok else EXIT_FAILED
+
+
+async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    from aggregator.serve import serve
+
+    port = settings.serve.port if args.port is None else args.port
+    if not 0 <= port <= 65535:
+        raise ConfigError("--port", f"must be from 0 to 65535, not {port}")
+    return await serve(settings, args.host or settings.serve.host, port)
 
 
 async def _cmd_db_backup(settings: Settings, args: argparse.Namespace) -> int:
@@ -424,6 +411,7 @@ COMMANDS = {
     "export": _cmd_export,
     "db": _cmd_db,
     "health": _cmd_health,
+    "serve": _cmd_serve,
 }
 
 

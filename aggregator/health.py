@@ -10,6 +10,10 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from aggregator.settings import Settings
 from datetime import UTC, datetime
 
 # Key prefix of heartbeat rows in aggregator_meta; the rest of the key is the instance id.
@@ -113,3 +117,23 @@ def decide(
     return True, (
         f"ok: {who} heartbeat {_ago(age_s)} ago, {beat.sources_total} sources, {beat.sources_failing} failing"
     )
+
+
+async def check_health(settings: Settings, instance: str | None) -> tuple[bool, str]:
+    """(healthy, why) for the daemon of this host or of `instance`, read from the store.
+
+    A store that cannot be read is unhealthy, not an error: container runtimes read exit
+    status 1 as unhealthy and reserve 2.
+    """
+    import socket
+
+    from aggregator.errors import StoreError
+    from aggregator.store.maintenance import HEALTH_BUSY_TIMEOUT_S, inspect_health
+
+    busy_s = min(settings.store.busy_timeout, HEALTH_BUSY_TIMEOUT_S)
+    try:
+        beats, problem = await inspect_health(settings.store.effective_url, busy_timeout_s=busy_s)
+    except StoreError as exc:
+        return False, str(exc)
+    beat = choose_heartbeat(beats, instance or settings.daemon.instance_id, socket.gethostname())
+    return decide(beat, datetime.now(UTC), settings.health.stale_after, problem)

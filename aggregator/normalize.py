@@ -100,6 +100,13 @@ def normalize_title(title: str) -> str:
     return title if lowered == title else lowered
 
 
+def search_terms(texts: Iterable[str]) -> list[list[str]]:
+    """The words of `texts`, each with its spellings for a title search: as typed and
+    NFKC-normalized (full-width letters and digits find their ASCII forms)."""
+    words = [w for text in texts for w in text.split()]
+    return [list(dict.fromkeys((w, unicodedata.normalize("NFKC", w)))) for w in words]
+
+
 def _is_tracking(name: str) -> bool:
     lowered = name.lower()
     return lowered in TRACKING_PARAMS or lowered.startswith(_TRACKING_PREFIXES)

@@ -1,7 +1,8 @@
-"""Text the terminal shows: column padding for CJK, sparklines, `explain` and `history`."""
+"""Text the CLI and `serve` show: column padding for CJK, sparklines, `explain`, `history`, JSON."""
 
 from __future__ import annotations
 
+import json
 import unicodedata
 from collections.abc import Sequence
 from datetime import datetime
@@ -9,6 +10,28 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aggregator.score import StoryHeat
+
+
+def json_text(payload: Any) -> str:
+    """`payload` as indented JSON for scripts; times as ISO-8601 with their UTC offset."""
+
+    def default(value: Any) -> Any:
+        if isinstance(value, datetime):
+            return value.isoformat()
+        raise TypeError(f"{type(value).__name__} is not JSON")
+
+    return json.dumps(payload, ensure_ascii=False, indent=2, default=default)
+
+
+async def unknown_source(store: Any, settings: Any, source_id: str) -> str | None:
+    """Why `source_id` is a typo, or None: a source no longer configured still has its history."""
+    stored = set(await store.source_states())
+    configured = {s.id for s in settings.sources}
+    if source_id in stored | configured:
+        return None
+    known = ", ".join(sorted(stored | configured)) or "none"
+    return f"no source {source_id!r} in the settings or the store (known: {known})"
+
 
 SPARKS = "▁▂▃▄▅▆▇█"
 

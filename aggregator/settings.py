@@ -235,6 +235,13 @@ class HealthSettings(_Section):
         return self
 
 
+class ServeSettings(_Section):
+    host: str = "127.0.0.1"  # only this machine; "0.0.0.0" in a container that publishes the port
+    port: int = Field(8080, ge=0, le=65535)
+    top: int = Field(50, ge=1, le=1000)  # stories in /top.json and /feed.atom without ?limit=
+    max_limit: int = Field(500, ge=1, le=10_000)  # the most ?limit= may ask for
+
+
 class LogSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
@@ -299,6 +306,7 @@ class Settings(_Section):
     log: LogSettings = LogSettings()
     retention: RetentionSettings = RetentionSettings()
     health: HealthSettings = HealthSettings()
+    serve: ServeSettings = ServeSettings()
     sources: tuple[SourceSettings, ...] = ()
     config_path: str = ""  # where these settings came from ("" = built-in defaults)
 

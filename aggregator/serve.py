@@ -1,0 +1,210 @@
+"""`aggregator serve`: the store read over HTTP: top stories as JSON and as an Atom feed,
+search, and the daemon's health. Read-only; it runs beside the daemon (or on a copy of the
+database) and never writes.
+
+aiohttp's server is already here with its client (the fetch transport), so serving needs
+no other package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+import re
+import signal
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+from xml.etree import ElementTree as ET
+
+from aggregator import __version__
+from aggregator.errors import ConfigError, StoreError
+from aggregator.normalize import search_terms
+from aggregator.render import json_text, unknown_source
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from aggregator.settings import Settings
+    from aggregator.store import Store
+
+log = logging.getLogger("aggregator.serve")
+
+ATOM = "http://www.w3.org/2005/Atom"
+# Characters XML 1.0 cannot carry at all, even escaped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
+
+
+def _limit(request: web.Request, default: int, most: int) -> int:
+    text = request.query.get("limit", "")
+    if not text:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= most:
+        raise ConfigError("limit", f"must be a whole number from 1 to {most}, not {text[:20]!r}")
+    return int(text)
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("", text)
+
+
+def _http_url(url: str | None) -> str | None:
+    if not url:
+        return None
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return None
+    return url if parts.scheme.lower() in ("http", "https") and parts.netloc else None
+
+
+def atom_feed(rows: list[dict[str, Any]], self_url: str, now: datetime) -> bytes:
+    """The top stories as an Atom 1.0 feed: one entry per story, its id stable across updates."""
+    ET.register_namespace("", ATOM)
+
+    def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+        el = ET.SubElement(parent, f"{{{ATOM}}}{tag}", attrs)
+        if text is not None:
+            el.text = _xml_text(text)
+        return el
+
+    feed = ET.Element(f"{{{ATOM}}}feed")
+    sub(feed, "id", "urn:aggregator:top")
+    sub(feed, "title", "aggregator: top stories (热度)")
+    newest = max((r["collected_at"] for r in rows if r.get("collected_at")), default=now)
+    sub(feed, "updated", newest.astimezone(UTC).isoformat())
+    sub(feed, "link", rel="self", href=self_url)
+    sub(feed, "generator", "aggregator", version=__version__)
+    for r in rows:
+        entry = sub(feed, "entry")
+        sub(entry, "id", f"urn:aggregator:story:{r['story_id']}")
+        sub(entry, "title", r["title"])
+        url = _http_url(r.get("url"))
+        if url is not None:
+            sub(entry, "link", href=url)
+        updated = r.get("collected_at") or r["last_seen_at"]
+        sub(entry, "updated", updated.astimezone(UTC).isoformat())
+        sub(entry, "published", r["first_seen_at"].astimezone(UTC).isoformat())
+        platforms = ", ".join(
+            f"{x['source_id']} #{x['rank']}" for x in r.get("ranks", []) if x.get("rank") is not None
+        ) or str(r.get("sources") or "")
+        sub(entry, "summary", f"热度 {r['score']:.1f}, #{r['position']} now; {platforms}")
+        for x in r.get("ranks", []):
+            sub(entry, "category", term=_xml_text(x["source_id"]))
+    body: bytes = ET.tostring(feed, encoding="utf-8", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + body
+
+
+def _index_page(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "<!doctype html><meta charset=utf-8><title>aggregator</title>",
+        "<h1>aggregator: top stories</h1>",
+        '<p><a href="/top.json">top.json</a> · <a href="/feed.atom">feed.atom</a> · '
+        '<a href="/search.json?q=">search.json?q=</a> · <a href="/health">health</a></p><ol>',
+    ]
+    for r in rows:
+        title = html.escape(r["title"])
+        url = _http_url(r.get("url"))
+        shown = f'<a href="{html.escape(url)}" rel="noreferrer">{title}</a>' if url else title
+        lines.append(f"<li>{shown} <small>热度 {r['score']:.1f} · {html.escape(str(r.get('sources') or ''))}</small>")
+    lines.append("</ol>")
+    return "\n".join(lines)
+
+
+def make_app(store: Store, settings: Settings) -> web.Application:
+    from aiohttp import web
+
+    top_default, most = settings.serve.top, settings.serve.max_limit
+
+    def json_response(payload: Any, status: int = 200) -> web.Response:
+        return web.Response(text=json_text(payload), status=status, content_type="application/json", charset="utf-8")
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+            return response
+        except ConfigError as exc:
+            return json_response({"error": str(exc)}, 404 if exc.key == "source" else 400)
+        except StoreError as exc:
+            log.warning("cannot answer %s: %s", request.path, exc)
+            return json_response({"error": f"store error: {exc}"}, 503)
+
+    async def top_rows(request: web.Request) -> list[dict[str, Any]]:
+        source = request.query.get("source") or None
+        rows: list[dict[str, Any]] = await store.top(_limit(request, top_default, most), source)
+        if source and not rows:
+            problem = await unknown_source(store, settings, source)
+            if problem:
+                raise ConfigError("source", problem)
+        return rows
+
+    async def index(request: web.Request) -> web.Response:
+        return web.Response(text=_index_page(await store.top(top_default)), content_type="text/html", charset="utf-8")
+
+    async def top_json(request: web.Request) -> web.Response:
+        return json_response(await top_rows(request))
+
+    async def feed(request: web.Request) -> web.Response:
+        body = atom_feed(await top_rows(request), str(request.url), datetime.now(UTC))
+        return web.Response(body=body, content_type="application/atom+xml", charset="utf-8")
+
+    async def search(request: web.Request) -> web.Response:
+        terms = search_terms([request.query.get("q", "")])
+        if not terms:
+            raise ConfigError("q", "give at least one word to search for, as ?q=")
+        source = request.query.get("source") or None
+        rows = await store.search(terms, _limit(request, top_default, most), source)
+        if source and not rows:
+            problem = await unknown_source(store, settings, source)
+            if problem:
+                raise ConfigError("source", problem)
+        return json_response(rows)
+
+    async def health(request: web.Request) -> web.Response:
+        from aggregator.health import check_health
+
+        ok, reason = await check_health(settings, request.query.get("instance"))
+        return web.Response(text=reason if ok else f"unhealthy: {reason}", status=200 if ok else 503)
+
+    app = web.Application(middlewares=[errors])
+    app.router.add_get("/", index)
+    app.router.add_get("/top.json", top_json)
+    app.router.add_get("/feed.atom", feed)
+    app.router.add_get("/search.json", search)
+    app.router.add_get("/health", health)
+    return app
+
+
+async def serve(settings: Settings, host: str, port: int) -> int:
+    """Serve until SIGTERM or SIGINT; exit status 0 after a clean stop."""
+    from aiohttp import web
+
+    from aggregator.store import Store
+
+    store = await Store.from_settings(settings.store)
+    runner = web.AppRunner(make_app(store, settings), access_log=log, access_log_format='%a "%r" %s %b %Tfs')
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise ConfigError("serve.port", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        for address in runner.addresses:
+            shown = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
+            log.info("serving on http://%s:%s/", shown, address[1])
+            print(f"serving on http://{shown}:{address[1]}/", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("stopping: no new requests, in-flight ones finish")
+    finally:
+        await runner.cleanup()
+        await store.close()
+    log.info("serve stopped")
+    return 0

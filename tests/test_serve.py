@@ -1,0 +1,153 @@
+"""`aggregator serve` as a process: JSON, the Atom feed, search and health over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import feedparser
+import httpx
+import pytest
+
+from aggregator.serve import atom_feed
+from tests.conftest import LoopbackServer, wait_for
+from tests.test_daemon import cli, query
+from tests.test_explain_history import three_sources
+
+HOSTILE = '<script>alert(1)</script> & "引号" ]]> 标题'
+
+
+@pytest.fixture
+def filled(tmp_path: Path, http_server: LoopbackServer) -> Path:
+    config = three_sources(tmp_path, http_server)
+    payload = {"status": "success", "id": "odd", "items": [{"id": "1", "title": HOSTILE, "url": "javascript:x()"}]}
+    http_server.route("/api/s?id=odd&latest", json.dumps(payload, ensure_ascii=False))
+    url = http_server.url("/api/s?id=odd&latest")
+    with config.open("a", encoding="utf-8") as fh:
+        fh.write(f'\n[[sources]]\nid = "odd"\nkind = "newsnow"\nurl = "{url}"\n')
+    done = cli("run", "--once", config=config)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return config
+
+
+def start_serve(config: Path, out: Path, *args: str) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
+    with out.open("wb") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "--config", str(config), "serve", *args],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+
+
+@pytest.fixture
+def served(filled: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    out = tmp_path / "serve.out"
+    proc = start_serve(filled, out, "--port", "0")
+    try:
+        wait_for(lambda: "serving on http://" in out.read_text(errors="replace") or proc.poll() is not None, 30)
+        text = out.read_text(errors="replace")
+        assert proc.poll() is None, text
+        base = text.split("serving on ", 1)[1].split()[0]
+        yield base, proc, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], Path], filled: Path) -> None:
+    base, proc, out = served
+    with httpx.Client(base_url=base, timeout=10) as http:
+        top = http.get("/top.json")
+        assert top.status_code == 200 and top.headers["content-type"].startswith("application/json")
+        rows = top.json()
+        expected = query(filled.parent, "SELECT position, story_id, title, score FROM ranked_items ORDER BY position")
+        assert [(r["position"], r["story_id"], r["title"], r["score"]) for r in rows] == [tuple(e) for e in expected]
+        assert rows[0]["score"] == 100.0 and rows[0]["last_seen_at"].endswith("+00:00")
+        two = http.get("/top.json", params={"limit": 2}).json()
+        assert [r["story_id"] for r in two] == [e[1] for e in expected[:2]]
+        assert {r["title"] for r in http.get("/top.json", params={"source": "odd"}).json()} == {HOSTILE}
+
+        feed = http.get("/feed.atom", params={"limit": 50})
+        assert feed.headers["content-type"].startswith("application/atom+xml")
+        parsed = feedparser.parse(feed.content)
+        assert not parsed.bozo, parsed.get("bozo_exception")
+        assert [e.title for e in parsed.entries] == [r["title"] for r in rows]
+        by_title = {e.title: e for e in parsed.entries}
+        assert by_title[HOSTILE].get("links", []) == []  # a javascript: URL is not a link
+        top_entry = parsed.entries[0]
+        assert top_entry.id == f"urn:aggregator:story:{rows[0]['story_id']}"
+        assert top_entry.link == rows[0]["url"] and "热度 100.0" in top_entry.summary
+        again = feedparser.parse(http.get("/feed.atom").content)
+        assert [e.id for e in again.entries] == [e.id for e in parsed.entries]  # ids stay
+
+        found = http.get("/search.json", params={"q": "国足 对手"}).json()
+        assert sorted(r["title"] for r in found) == sorted(
+            str(t) for (t,) in query(filled.parent, "SELECT title FROM stories WHERE title LIKE '国足%'")
+        )
+        page = http.get("/")
+        assert "&lt;script&gt;" in page.text and "<script>" not in page.text
+
+        # Bad requests: a clear JSON error, never a traceback.
+        bad = http.get("/top.json", params={"limit": "lots"})
+        assert bad.status_code == 400 and "limit" in bad.json()["error"]
+        assert http.get("/search.json").status_code == 400
+        missing = http.get("/top.json", params={"source": "weibo2"})
+        assert missing.status_code == 404 and "no source 'weibo2'" in missing.json()["error"]
+        assert http.post("/top.json").status_code == 405
+        assert http.get("/nothing-here").status_code == 404
+        health = http.get("/health")
+        assert health.status_code == 503 and "no heartbeat" in health.text
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
+    log = out.read_text(errors="replace")
+    assert '"GET /top.json HTTP/1.1" 200' in log and "serve stopped" in log
+
+
+def test_a_port_in_use_exits_2_with_the_reason(filled: Path, tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = tmp_path / "serve.out"
+        proc = start_serve(filled, out, "--port", str(port))
+        assert proc.wait(timeout=30) == 2
+    assert f"cannot listen on 127.0.0.1:{port}" in out.read_text(errors="replace")
+
+
+def test_serve_settings_are_checked(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[store]\ndata_dir = "{tmp_path / "data"}"\n[serve]\nport = 70000\n', encoding="utf-8")
+    done = cli("serve", config=config)
+    assert done.returncode == 2 and "serve.port" in done.stderr
+    assert not (tmp_path / "data").exists()
+
+
+def test_the_feed_drops_what_xml_cannot_carry() -> None:
+    from datetime import UTC, datetime
+
+    at = datetime(2026, 12, 1, 8, 0, tzinfo=UTC)
+    row = {
+        "story_id": 7,
+        "title": "控制\x01字符\x1f与代理\ud800",
+        "url": "https://e.example/a?b=1&c=<2>",
+        "score": 100.0,
+        "position": 1,
+        "first_seen_at": at,
+        "last_seen_at": at,
+        "collected_at": at,
+        "ranks": [{"source_id": "weibo", "rank": 1}],
+    }
+    parsed = feedparser.parse(atom_feed([row], "http://127.0.0.1/feed.atom", at))
+    assert not parsed.bozo, parsed.get("bozo_exception")
+    (entry,) = parsed.entries
+    assert entry.title == "控制字符与代理" and entry.link == "https://e.example/a?b=1&c=<2>"
+    assert entry.updated == "2026-12-01T08:00:00+00:00" and entry.tags[0].term == "weibo"
