@@ -215,9 +215,7 @@ async def _cmd_search(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.limit < 1:
         raise ConfigError("--limit", "must be at least 1")
-    terms = search_terms(args.text)
-    if not terms:
-        raise ConfigError("TEXT", "give at least one word to search for")
+    terms = search_terms(args.text, "TEXT")
     store = await _open_store(settings)
     try:
         rows = await store.search(terms, args.limit, args.source)

@@ -11,6 +11,7 @@ import unicodedata
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from aggregator.errors import ConfigError
 from aggregator.models import Item, RawItem
 
 # Limits on what one entry may carry: a title longer than this is not a headline, and a
@@ -100,10 +101,21 @@ def normalize_title(title: str) -> str:
     return title if lowered == title else lowered
 
 
-def search_terms(texts: Iterable[str]) -> list[list[str]]:
+# Words one search may hold: each is a LIKE per spelling, and SQLite limits expression depth.
+MAX_SEARCH_WORDS = 20
+
+
+def search_terms(texts: Iterable[str], key: str) -> list[list[str]]:
     """The words of `texts`, each with its spellings for a title search: as typed and
-    NFKC-normalized (full-width letters and digits find their ASCII forms)."""
+    NFKC-normalized (full-width letters and digits find their ASCII forms).
+
+    ConfigError naming `key` when there is no word or more than MAX_SEARCH_WORDS.
+    """
     words = [w for text in texts for w in text.split()]
+    if not words:
+        raise ConfigError(key, "give at least one word to search for")
+    if len(words) > MAX_SEARCH_WORDS:
+        raise ConfigError(key, f"at most {MAX_SEARCH_WORDS} words, not {len(words)}")
     return [list(dict.fromkeys((w, unicodedata.normalize("NFKC", w)))) for w in words]
 
 

@@ -41,7 +41,7 @@ def _limit(request: web.Request, default: int, most: int) -> int:
     text = request.query.get("limit", "")
     if not text:
         return default
-    if not text.isdigit() or not 1 <= int(text) <= most:
+    if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= most):
         raise ConfigError("limit", f"must be a whole number from 1 to {most}, not {text[:20]!r}")
     return int(text)
 
@@ -152,9 +152,7 @@ def make_app(store: Store, settings: Settings) -> web.Application:
         return web.Response(body=body, content_type="application/atom+xml", charset="utf-8")
 
     async def search(request: web.Request) -> web.Response:
-        terms = search_terms([request.query.get("q", "")])
-        if not terms:
-            raise ConfigError("q", "give at least one word to search for, as ?q=")
+        terms = search_terms([request.query.get("q", "")], "q")
         source = request.query.get("source") or None
         rows = await store.search(terms, _limit(request, top_default, most), source)
         if source and not rows:

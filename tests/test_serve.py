@@ -100,6 +100,10 @@ def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], 
         bad = http.get("/top.json", params={"limit": "lots"})
         assert bad.status_code == 400 and "limit" in bad.json()["error"]
         assert http.get("/search.json").status_code == 400
+        many = http.get("/search.json", params={"q": " ".join(["词"] * 21)})
+        assert many.status_code == 400 and "at most 20 words" in many.json()["error"]
+        for odd in ("²", "9" * 5000, "-1"):
+            assert http.get("/top.json", params={"limit": odd}).status_code == 400
         missing = http.get("/top.json", params={"source": "weibo2"})
         assert missing.status_code == 404 and "no source 'weibo2'" in missing.json()["error"]
         assert http.post("/top.json").status_code == 405
