@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from aggregator import __version__
 from aggregator.collectors import validate_sources
 from aggregator.errors import ConfigError, StoreError
+from aggregator.export import FORMATS
 from aggregator.logs import setup_logging
 from aggregator.render import explain_lines, history_lines, json_text, pad, unknown_source
 from aggregator.settings import Settings, load_settings
@@ -50,10 +51,10 @@ def _parser() -> argparse.ArgumentParser:
     history = sub.add_parser("history", help="rank per source and 热度 over time")
     history.add_argument("ref", metavar="ITEM_OR_STORY", help="story id, item id or item key")
 
-    export = sub.add_parser("export", help="write the top stories as documents (seed format), JSON or CSV")
+    export = sub.add_parser("export", help="write the top stories as documents (seed format), JSON, CSV or Atom")
     export.add_argument("--top", type=int, metavar="N", help="how many stories (default [export] top)")
     export.add_argument("--out", metavar="DIR", help="directory to write (default [export] dir)")
-    export.add_argument("--format", choices=("seed", "json", "csv"), help="default [export] format")
+    export.add_argument("--format", choices=FORMATS, help="default [export] format")
     export.add_argument("--fetch", action="store_true", help="fetch the full text of due pages first")
 
     health = sub.add_parser("health", help="exit 0 when the daemon's heartbeat is fresh, else 1 with the reason")

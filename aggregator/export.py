@@ -10,16 +10,22 @@ import os
 import re
 import secrets
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
+from xml.etree import ElementTree as ET
 from zoneinfo import ZoneInfo
 
-FORMATS = ("seed", "json", "csv")
+FORMATS = ("seed", "json", "csv", "atom")
 JSON_NAME = "top.json"
 CSV_NAME = "top.csv"
+ATOM_NAME = "top.atom"
+ATOM = "http://www.w3.org/2005/Atom"
+# Characters XML 1.0 cannot carry at all, even escaped.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
 # Shown under 原文内容 when neither the full text nor a summary could be had: the section
 # is never empty, so a reader can tell "nothing fetched" from a broken file.
 FALLBACK_CONTENT = "（未能获取原文内容）"
@@ -118,6 +124,24 @@ class ExportDoc:
     story_id: int
     sources: tuple[str, ...]
     source_count: int
+
+    @classmethod
+    def from_row(cls, position: int, row: Mapping[str, Any]) -> ExportDoc:
+        """A `ranked_items` row (with `content` and `summary` when read for an export)."""
+        return cls(
+            position=position,
+            item_key=row["item_key"],
+            title=row["title"],
+            url=row["url"] or "",
+            source_name=row["source"],
+            score=float(row["score"]),
+            content=row.get("content"),
+            summary=row.get("summary"),
+            collected_at=row["collected_at"],
+            story_id=int(row["story_id"]),
+            sources=tuple(s.strip() for s in (row["sources"] or "").split(",") if s.strip()),
+            source_count=int(row["source_count"]),
+        )
 
     def __post_init__(self) -> None:
         if isinstance(self.position, bool) or not isinstance(self.position, int) or self.position < 0:
@@ -257,6 +281,61 @@ def render_json(docs: Sequence[ExportDoc]) -> str:
     return json.dumps({"stories": stories}, ensure_ascii=False, indent=2, allow_nan=False) + "\n"
 
 
+def render_atom(docs: Sequence[ExportDoc], now: datetime, self_url: str | None = None) -> bytes:
+    """The top stories as an Atom 1.0 feed: an entry per story, its id stable while its rank
+    changes; the full text (Markdown) as the content when fetched, else the summary. Only
+    http(s) URLs are linked; characters XML cannot carry are dropped."""
+    ET.register_namespace("", ATOM)
+
+    def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+        el = ET.SubElement(parent, f"{{{ATOM}}}{tag}", {k: _NOT_XML.sub("", v) for k, v in attrs.items()})
+        if text is not None:
+            el.text = _NOT_XML.sub("", text)
+        return el
+
+    ordered = sorted(docs, key=lambda d: d.position)
+    feed = ET.Element(f"{{{ATOM}}}feed")
+    sub(feed, "id", "urn:aggregator:top")
+    sub(feed, "title", "aggregator: top stories (热度)")
+    sub(feed, "updated", _utc_text(max((d.collected_at for d in ordered), default=now)))
+    if self_url:
+        sub(feed, "link", rel="self", href=self_url)
+    sub(feed, "generator", "aggregator")
+    for doc in ordered:
+        entry = sub(feed, "entry")
+        sub(entry, "id", f"urn:aggregator:story:{doc.story_id}")
+        sub(entry, "title", doc.title)
+        if is_http_url(doc.url):
+            sub(entry, "link", href=doc.url)
+        sub(entry, "updated", _utc_text(doc.collected_at))
+        sub(entry, "author").append(_named(doc.source_name))
+        for name in doc.sources:
+            sub(entry, "category", term=name)
+        line = f"热度 {_score_text(doc.score)}, #{doc.position + 1}; {', '.join(doc.sources) or doc.source_name}"
+        sub(entry, "summary", line + (f"\n\n{doc.summary}" if doc.summary else ""))
+        if doc.content:
+            sub(entry, "content", doc.content, type="text")
+    body: bytes = ET.tostring(feed, encoding="utf-8", xml_declaration=False)
+    return b'<?xml version="1.0" encoding="utf-8"?>\n' + body + b"\n"
+
+
+def _named(name: str) -> ET.Element:
+    el = ET.Element(f"{{{ATOM}}}name")
+    el.text = _NOT_XML.sub("", name)
+    return el
+
+
+def is_http_url(url: str | None) -> bool:
+    """Whether `url` is an absolute http(s) URL, the only kind a feed or page links to."""
+    if not url:
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme.lower() in ("http", "https") and bool(parts.netloc)
+
+
 def render_csv(docs: Sequence[ExportDoc]) -> str:
     """The top stories as CSV (RFC 4180, CRLF, header row); the full text is left to the other formats."""
     buffer = io.StringIO(newline="")
@@ -322,6 +401,10 @@ def write_export(
     if fmt == "csv":
         path = out_dir / CSV_NAME
         _write_atomic(path, render_csv(docs).encode("utf-8"))
+        return [path]
+    if fmt == "atom":
+        path = out_dir / ATOM_NAME
+        _write_atomic(path, render_atom(docs, datetime.now(UTC)))
         return [path]
 
     ordered = sorted(docs, key=lambda d: d.position)

@@ -373,24 +373,8 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
 
 
 async def export_top(store: Store, settings: Settings, top: int, out_dir: Path, fmt: str) -> list[Path]:
-    """Write the current top stories to `out_dir` in `fmt` (seed, json or csv)."""
+    """Write the current top stories to `out_dir` in `fmt` (seed, json, csv or atom)."""
     rows = await store.export_rows(top)
-    docs = [
-        ExportDoc(
-            position=i,
-            item_key=r["item_key"],
-            title=r["title"],
-            url=r["url"] or "",
-            source_name=r["source"],
-            score=float(r["score"]),
-            content=r["content"],
-            summary=r["summary"],
-            collected_at=r["collected_at"],
-            story_id=int(r["story_id"]),
-            sources=tuple(s.strip() for s in (r["sources"] or "").split(",") if s.strip()),
-            source_count=int(r["source_count"]),
-        )
-        for i, r in enumerate(rows)
-    ]
+    docs = [ExportDoc.from_row(i, r) for i, r in enumerate(rows)]
     zone = settings.display.zone
     return await asyncio.to_thread(write_export, docs, out_dir, fmt, zone=zone, zone_label=settings.display.zone_label)

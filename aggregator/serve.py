@@ -11,16 +11,13 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import re
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
-from xml.etree import ElementTree as ET
 
-from aggregator import __version__
 from aggregator.errors import ConfigError, StoreError
+from aggregator.export import ExportDoc, is_http_url, render_atom
 from aggregator.normalize import search_terms
 from aggregator.render import json_text, unknown_source
 
@@ -32,10 +29,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aggregator.serve")
 
-ATOM = "http://www.w3.org/2005/Atom"
-# Characters XML 1.0 cannot carry at all, even escaped.
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff\ud800-\udfff]")
-
 
 def _limit(request: web.Request, default: int, most: int) -> int:
     text = request.query.get("limit", "")
@@ -44,57 +37,6 @@ def _limit(request: web.Request, default: int, most: int) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= most):
         raise ConfigError("limit", f"must be a whole number from 1 to {most}, not {text[:20]!r}")
     return int(text)
-
-
-def _xml_text(text: str) -> str:
-    return _NOT_XML.sub("", text)
-
-
-def _http_url(url: str | None) -> str | None:
-    if not url:
-        return None
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    return url if parts.scheme.lower() in ("http", "https") and parts.netloc else None
-
-
-def atom_feed(rows: list[dict[str, Any]], self_url: str, now: datetime) -> bytes:
-    """The top stories as an Atom 1.0 feed: one entry per story, its id stable across updates."""
-    ET.register_namespace("", ATOM)
-
-    def sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
-        el = ET.SubElement(parent, f"{{{ATOM}}}{tag}", attrs)
-        if text is not None:
-            el.text = _xml_text(text)
-        return el
-
-    feed = ET.Element(f"{{{ATOM}}}feed")
-    sub(feed, "id", "urn:aggregator:top")
-    sub(feed, "title", "aggregator: top stories (热度)")
-    newest = max((r["collected_at"] for r in rows if r.get("collected_at")), default=now)
-    sub(feed, "updated", newest.astimezone(UTC).isoformat())
-    sub(feed, "link", rel="self", href=self_url)
-    sub(feed, "generator", "aggregator", version=__version__)
-    for r in rows:
-        entry = sub(feed, "entry")
-        sub(entry, "id", f"urn:aggregator:story:{r['story_id']}")
-        sub(entry, "title", r["title"])
-        url = _http_url(r.get("url"))
-        if url is not None:
-            sub(entry, "link", href=url)
-        updated = r.get("collected_at") or r["last_seen_at"]
-        sub(entry, "updated", updated.astimezone(UTC).isoformat())
-        sub(entry, "published", r["first_seen_at"].astimezone(UTC).isoformat())
-        platforms = ", ".join(
-            f"{x['source_id']} #{x['rank']}" for x in r.get("ranks", []) if x.get("rank") is not None
-        ) or str(r.get("sources") or "")
-        sub(entry, "summary", f"热度 {r['score']:.1f}, #{r['position']} now; {platforms}")
-        for x in r.get("ranks", []):
-            sub(entry, "category", term=_xml_text(x["source_id"]))
-    body: bytes = ET.tostring(feed, encoding="utf-8", xml_declaration=False)
-    return b'<?xml version="1.0" encoding="utf-8"?>\n' + body
 
 
 def _index_page(rows: list[dict[str, Any]]) -> str:
@@ -106,8 +48,8 @@ def _index_page(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         title = html.escape(r["title"])
-        url = _http_url(r.get("url"))
-        shown = f'<a href="{html.escape(url)}" rel="noreferrer">{title}</a>' if url else title
+        url = r.get("url") or ""
+        shown = f'<a href="{html.escape(url)}" rel="noreferrer">{title}</a>' if is_http_url(url) else title
         lines.append(f"<li>{shown} <small>热度 {r['score']:.1f} · {html.escape(str(r.get('sources') or ''))}</small>")
     lines.append("</ol>")
     return "\n".join(lines)
@@ -148,7 +90,8 @@ def make_app(store: Store, settings: Settings) -> web.Application:
         return json_response(await top_rows(request))
 
     async def feed(request: web.Request) -> web.Response:
-        body = atom_feed(await top_rows(request), str(request.url), datetime.now(UTC))
+        docs = [ExportDoc.from_row(i, r) for i, r in enumerate(await top_rows(request))]
+        body = render_atom(docs, datetime.now(UTC), str(request.url))
         return web.Response(body=body, content_type="application/atom+xml", charset="utf-8")
 
     async def search(request: web.Request) -> web.Response:

@@ -207,7 +207,7 @@ class ExportSettings(_Section):
     every: Duration = 0.0  # 0: no periodic export from the daemon
     top: int = Field(20, ge=1, le=1000)
     dir: str = "./export"
-    format: Literal["seed", "json", "csv"] = "seed"
+    format: Literal["seed", "json", "csv", "atom"] = "seed"
 
 
 class RetentionSettings(_Section):

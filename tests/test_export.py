@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import feedparser
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -479,7 +480,7 @@ def test_unknown_format(tmp_path: Path) -> None:
         write([make_doc()], tmp_path, "xml")
 
 
-@pytest.mark.parametrize(("fmt", "name"), [("json", "top.json"), ("csv", "top.csv")])
+@pytest.mark.parametrize(("fmt", "name"), [("json", "top.json"), ("csv", "top.csv"), ("atom", "top.atom")])
 def test_write_json_and_csv(tmp_path: Path, fmt: str, name: str) -> None:
     seed_file = tmp_path / f"000_{'a' * 16}.txt"
     seed_file.write_text("old seed export", encoding="utf-8")
@@ -489,6 +490,9 @@ def test_write_json_and_csv(tmp_path: Path, fmt: str, name: str) -> None:
     raw = path.read_text(encoding="utf-8")
     if fmt == "json":
         assert [s["item_key"] for s in json.loads(raw)["stories"]] == ["a" * 16, "b" * 16]
+    elif fmt == "atom":
+        entries = feedparser.parse(raw.encode("utf-8")).entries
+        assert [e.id for e in entries] == [f"urn:aggregator:story:{d.story_id}" for d in docs]
     else:
         assert [r["item_key"] for r in csv.DictReader(io.StringIO(raw, newline=""))] == ["a" * 16, "b" * 16]
     assert seed_file.read_text(encoding="utf-8") == "old seed export"  # other formats leave seed files alone
@@ -608,3 +612,24 @@ MARKDOWN_SOUP = st.lists(
 @given(title=st.one_of(st.text(), MARKDOWN_SOUP), source=MARKDOWN_SOUP, content=st.one_of(st.text(), MARKDOWN_SOUP))
 def test_any_content_stays_in_its_section(title: str, source: str, content: str) -> None:
     assert_structure(render_seed(make_doc(title=title, source_name=source, content=content), SHANGHAI, LABEL))
+
+
+def test_atom_drops_what_xml_cannot_carry() -> None:
+    doc = make_doc(
+        title="控制\x01字符\x1f与代理\ud800",
+        url="https://e.example/a?b=1&c=<2>",
+        source_name="NewsNow 微博\x02",
+        score=100.0,
+        content="# 正文\n\n第一段\x0b。",
+        summary=None,
+        sources=("NewsNow 微博", "百度"),
+    )
+    parsed = feedparser.parse(export.render_atom([doc], COLLECTED_AT, "http://127.0.0.1/feed.atom"))
+    assert not parsed.bozo, parsed.get("bozo_exception")
+    (entry,) = parsed.entries
+    assert entry.title == "控制字符与代理" and entry.link == "https://e.example/a?b=1&c=<2>"
+    assert entry.updated == export._utc_text(COLLECTED_AT) and [t.term for t in entry.tags] == ["NewsNow 微博", "百度"]
+    assert entry.author == "NewsNow 微博" and entry.content[0].value == "# 正文\n\n第一段。"
+    assert entry.summary.startswith("热度 100.0, #1; NewsNow 微博, 百度")
+    no_link = feedparser.parse(export.render_atom([make_doc(url="javascript:alert(1)")], COLLECTED_AT)).entries[0]
+    assert no_link.get("links", []) == []

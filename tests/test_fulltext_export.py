@@ -6,6 +6,7 @@ import json
 import re
 from pathlib import Path
 
+import feedparser
 import pytest
 
 from aggregator.collectors.fetch import make_fetcher
@@ -142,3 +143,9 @@ def test_export_writes_seed_documents_and_replaces_the_set(tmp_path: Path, http_
     assert len(stories) == 2 and stories[0]["title"].startswith("全国快递业务量")
     assert cli("export", "--top", "2", "--out", str(out), "--format", "csv", config=config).returncode == 0
     assert (out / "top.csv").read_text(encoding="utf-8").splitlines()[0].startswith("position")
+    # The Atom feed carries the fetched full text, for feed readers and static hosting.
+    assert cli("export", "--top", "3", "--out", str(out), "--format", "atom", config=config).returncode == 0
+    feed = feedparser.parse((out / "top.atom").read_bytes())
+    assert not feed.bozo and len(feed.entries) == 3
+    assert [e.title for e in feed.entries[:2]] == [s["title"] for s in stories]
+    assert UTF8_PARAGRAPH in feed.entries[0].content[0].value and feed.entries[0].author == "示例新闻"
