@@ -92,7 +92,7 @@ async def open_context(settings: Settings, store: Store) -> PollContext:
     if store.ordered_writes:
         sys.setswitchinterval(min(sys.getswitchinterval(), WRITER_SWITCH_INTERVAL_S))
     await store.sync_sources(settings.sources, now)
-    assigner = StoryAssigner(settings.dedupe.window, settings.dedupe.threshold)
+    assigner = StoryAssigner(settings.dedupe.window, settings.dedupe.threshold, settings.dedupe.max_stories)
     assigner.load(await store.active_items(now - timedelta(seconds=settings.dedupe.window)))
     ctx = PollContext(
         settings=settings,

@@ -386,13 +386,21 @@ class StoryIndex:
     `threshold + SAME_SOURCE_MARGIN`, so cross-source matches are preferred. Not thread-safe.
     """
 
-    def __init__(self, threshold: float = DEFAULT_THRESHOLD, window_s: float = DEFAULT_WINDOW_S) -> None:
+    def __init__(
+        self, threshold: float = DEFAULT_THRESHOLD, window_s: float = DEFAULT_WINDOW_S, max_stories: int = 0
+    ) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError(f"threshold must be in (0, 1], got {threshold}")
         if window_s <= 0:
             raise ValueError(f"window_s must be positive, got {window_s}")
+        if max_stories < 0:
+            raise ValueError(f"max_stories must be 0 (no cap) or more, got {max_stories}")
         self.threshold = threshold
         self.window_s = window_s
+        # At most this many stories (0: no cap): past it, adding one drops the story seen least
+        # recently, before the window would. Memory then stays bounded on a busy window.
+        self.max_stories = max_stories
+        self.evicted = 0  # stories dropped for the cap, not the window
         self._window = timedelta(seconds=window_s)
         self._stories: dict[int, _Story] = {}
         # n-gram (as a CRC-32, see _gram_key) → the one story holding it, or several: an array of
@@ -488,6 +496,8 @@ class StoryIndex:
         """Record an item as a member of `story_id`, creating the story when it is new."""
         story = self._stories.get(story_id)
         if story is None:
+            if self.max_stories and len(self._stories) >= self.max_stories:
+                self._evict_least_recent()
             story = _Story(last_seen_at=seen_at)
             self._stories[story_id] = story
             heapq.heappush(self._expiry, (seen_at, story_id))
@@ -552,6 +562,20 @@ class StoryIndex:
             self._drop(story_id, story)
             dropped.append(story_id)
         return dropped
+
+    def _evict_least_recent(self) -> None:
+        """Drop the story seen least recently (the expiry heap's entries may lag: re-queue those)."""
+        while self._expiry:
+            seen_at, story_id = heapq.heappop(self._expiry)
+            story = self._stories.get(story_id)
+            if story is None:
+                continue
+            if story.last_seen_at > seen_at:
+                heapq.heappush(self._expiry, (story.last_seen_at, story_id))
+                continue
+            self._drop(story_id, story)
+            self.evicted += 1
+            return
 
     def _drop(self, story_id: int, story: _Story) -> None:
         del self._stories[story_id]

@@ -36,6 +36,8 @@ COLLECT_MARGIN_SHARE = 0.1
 COLLECT_MARGIN_MIN_S = 1.0
 
 Clock = Callable[[], datetime]
+# With a cap on the story index, `known` keeps at most this many items per story of the cap.
+KNOWN_PER_STORY = 4
 
 
 def _signature(title: str, url: str | None, summary: str | None) -> int:
@@ -55,16 +57,33 @@ class StoryAssigner:
 
     window_s: float
     threshold: float = DEFAULT_THRESHOLD
+    max_stories: int = 0  # the index's cap (0: none); `known` keeps at most KNOWN_PER_STORY times it
     known: dict[int, tuple[int, int, datetime]] = field(default_factory=dict)
     index: StoryIndex = field(init=False)
+    _warned_full: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
-        self.index = StoryIndex(self.threshold, self.window_s)
+        self.index = StoryIndex(self.threshold, self.window_s, self.max_stories)
+
+    def _remember(self, item_id: int, entry: tuple[int, int, datetime]) -> None:
+        known = self.known
+        known[item_id] = entry
+        if self.max_stories and len(known) > KNOWN_PER_STORY * self.max_stories:
+            # The first remembered goes: if it is still listed, its next poll writes it again.
+            del known[next(iter(known))]
+        if self.index.evicted and not self._warned_full:
+            self._warned_full = True
+            log.warning(
+                "the story index is full (dedupe.max_stories = %d): the stories seen least recently are "
+                "dropped before dedupe.window ends, so a new item can no longer join them; raise "
+                "dedupe.max_stories (about 2 KB of memory a story) or shorten dedupe.window",
+                self.max_stories,
+            )
 
     def load(self, active: Sequence[ActiveItem]) -> None:
         for a in active:
-            self.known[a.item_id] = (a.story_id, _signature(a.title, a.url, a.summary), a.last_seen_at)
             self.index.add_item(a.story_id, normalize_title(a.title), a.canonical_url, a.source_id, a.last_seen_at)
+            self._remember(a.item_id, (a.story_id, _signature(a.title, a.url, a.summary), a.last_seen_at))
 
     def assign(self, items: Sequence[Item], now: datetime) -> tuple[list[int], list[bool]]:
         """(proposed story per item, whether the item must be written)."""
@@ -98,7 +117,7 @@ class StoryAssigner:
                 self.index.add_item(story, it.norm_title, it.canonical_url, it.source_id, now)
             else:
                 self.index.touch(story, now)
-            self.known[it.item_id] = (story, _signature(it.title, it.url, it.summary), now)
+            self._remember(it.item_id, (story, _signature(it.title, it.url, it.summary), now))
 
     def correct(
         self, items: Sequence[Item], story_ids: Sequence[int], stories: Mapping[int, int], now: datetime
@@ -109,7 +128,7 @@ class StoryAssigner:
             real = stories.get(it.item_id, proposed)
             if real != proposed:
                 self.index.add_item(real, it.norm_title, it.canonical_url, it.source_id, now)
-                self.known[it.item_id] = (real, _signature(it.title, it.url, it.summary), now)
+                self._remember(it.item_id, (real, _signature(it.title, it.url, it.summary), now))
 
     def forget(self, items: Sequence[Item], upserted: Sequence[bool]) -> None:
         """A write committed ahead of its result failed: the items it was to write are

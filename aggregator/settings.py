@@ -163,6 +163,9 @@ class ScoreSettings(_Section):
 class DedupeSettings(_Section):
     window: Duration = 48 * 3600.0
     threshold: float = Field(0.5, gt=0, le=1)
+    # Stories the daemon keeps in memory for matching; past it the least recently seen go
+    # before `window` ends (0: no cap, the window alone bounds them).
+    max_stories: int = Field(100_000, ge=0)
 
 
 class DisplaySettings(_Section):

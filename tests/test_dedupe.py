@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from aggregator.dedupe import (
 )
 from aggregator.models import RawItem
 from aggregator.normalize import canonical_url, normalize_items, normalize_title
+from aggregator.pipeline import StoryAssigner
 
 PAIRS = Path(__file__).parent / "data" / "dedupe_pairs.tsv"
 NOW = datetime(2025, 3, 28, 12, 0, tzinfo=UTC)
@@ -264,6 +266,25 @@ def test_touch_and_new_members_keep_a_story_alive() -> None:
     assert index.expire(NOW + timedelta(hours=129)) == [1]
 
 
+def test_a_capped_index_drops_the_story_seen_least_recently() -> None:
+    index = StoryIndex(max_stories=2)
+    titles = ["缅甸7.9级地震", "哪吒2票房破100亿", "国足1比0战胜对手"]
+    index.add_item(1, normalize_title(titles[0]), "https://e.example/quake", "weibo", NOW)
+    index.add_item(2, normalize_title(titles[1]), None, "weibo", NOW + timedelta(minutes=1))
+    index.touch(1, NOW + timedelta(minutes=2))  # 1 is seen again: 2 is now the least recent
+    index.add_item(3, normalize_title(titles[2]), None, "weibo", NOW + timedelta(minutes=3))
+    assert len(index) == 2 and 1 in index and 2 not in index and 3 in index
+    assert index.evicted == 1
+    later = NOW + timedelta(minutes=4)
+    assert index.match(normalize_title(titles[1]), None, "baidu", later) is None  # gone from every path
+    assert index.match(normalize_title(titles[0]), None, "baidu", later) == 1
+    assert index.match("", "https://e.example/quake", "baidu", later) == 1
+    # Another member of a kept story is no new story: nothing more is dropped.
+    index.add_item(3, normalize_title("国足战胜对手"), None, "baidu", later)
+    assert len(index) == 2 and index.evicted == 1
+    assert all(2 not in ([p] if isinstance(p, int) else p) for p in index._postings.values())
+
+
 def test_custom_window_and_threshold() -> None:
     index = StoryIndex(threshold=0.99, window_s=60)
     a, b = "董明珠再回应玫瑰空调被吐槽", "董明珠回应玫瑰空调被吐槽：设计是员工自己做的"
@@ -271,10 +292,12 @@ def test_custom_window_and_threshold() -> None:
     assert sorted(index.expire(NOW + timedelta(seconds=61))) == [1, 2]
 
 
-@pytest.mark.parametrize(("threshold", "window_s"), [(0.0, 60.0), (1.5, 60.0), (0.5, 0.0), (0.5, -1.0)])
-def test_invalid_parameters_are_rejected(threshold: float, window_s: float) -> None:
+@pytest.mark.parametrize(
+    ("threshold", "window_s", "cap"), [(0.0, 60.0, 0), (1.5, 60.0, 0), (0.5, 0.0, 0), (0.5, -1.0, 0), (0.5, 60.0, -1)]
+)
+def test_invalid_parameters_are_rejected(threshold: float, window_s: float, cap: int) -> None:
     with pytest.raises(ValueError):
-        StoryIndex(threshold=threshold, window_s=window_s)
+        StoryIndex(threshold=threshold, window_s=window_s, max_stories=cap)
 
 
 def test_assign_accepts_normalized_items() -> None:
@@ -286,3 +309,21 @@ def test_assign_accepts_normalized_items() -> None:
     first = assign(index, weibo, NOW)
     assert first == [item.item_id for item in weibo]
     assert assign(index, baidu, NOW) == [weibo[0].item_id]
+
+
+def test_the_assigner_with_a_cap_bounds_what_it_remembers_and_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    assigner = StoryAssigner(window_s=3600, max_stories=2)
+    with caplog.at_level(logging.WARNING, logger="aggregator.poll"):
+        for n in range(12):
+            items, _ = normalize_items("weibo", [RawItem(title=f"第{n}条完全不同的热搜 {chr(0x4E00 + 97 * n)}")])
+            story_ids, write = assigner.assign(items, NOW + timedelta(minutes=n))
+            assert write == [True]
+            assigner.commit(items, story_ids, write, {}, NOW + timedelta(minutes=n))
+    assert len(assigner.index) == 2
+    assert len(assigner.known) == 4 * 2  # the first remembered went first
+    warnings = [r for r in caplog.records if "story index is full" in r.getMessage()]
+    assert len(warnings) == 1 and "dedupe.max_stories = 2" in warnings[0].getMessage()
+    # An item it forgot is written again (the store keeps its story), one it remembers is not.
+    first, _ = normalize_items("weibo", [RawItem(title="第0条完全不同的热搜 一")])
+    last, _ = normalize_items("weibo", [RawItem(title=f"第11条完全不同的热搜 {chr(0x4E00 + 97 * 11)}")])
+    assert assigner.assign(first + last, NOW + timedelta(minutes=13))[1] == [True, False]
