@@ -9,6 +9,7 @@ no other package.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import logging
 import signal
@@ -74,14 +75,29 @@ def make_app(store: Store, settings: Settings) -> web.Application:
             log.warning("cannot answer %s: %s", request.path, exc)
             return json_response({"error": f"store error: {exc}"}, 503)
 
-    async def top_rows(request: web.Request) -> list[dict[str, Any]]:
-        source = request.query.get("source") or None
-        rows: list[dict[str, Any]] = await store.top(_limit(request, top_default, most), source)
+    @web.middleware
+    async def revalidate(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        """An ETag on every answer, and 304 when the client has it: feed readers poll often."""
+        response: web.StreamResponse = await handler(request)
+        if response.status != 200 or not isinstance(response, web.Response) or not isinstance(response.body, bytes):
+            return response
+        etag = hashlib.blake2b(response.body, digest_size=8).hexdigest()
+        response.etag = etag
+        response.headers["Cache-Control"] = "no-cache"  # may be kept, but asked again each time
+        if request.if_none_match and any(e.value == etag for e in request.if_none_match):
+            return web.Response(status=304, headers={"ETag": f'"{etag}"', "Cache-Control": "no-cache"})
+        return response
+
+    async def known_source(source: str | None, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if source and not rows:
             problem = await unknown_source(store, settings, source)
             if problem:
                 raise ConfigError("source", problem)
         return rows
+
+    async def top_rows(request: web.Request) -> list[dict[str, Any]]:
+        source = request.query.get("source") or None
+        return await known_source(source, await store.top(_limit(request, top_default, most), source))
 
     async def index(request: web.Request) -> web.Response:
         return web.Response(text=_index_page(await store.top(top_default)), content_type="text/html", charset="utf-8")
@@ -97,12 +113,9 @@ def make_app(store: Store, settings: Settings) -> web.Application:
     async def search(request: web.Request) -> web.Response:
         terms = search_terms([request.query.get("q", "")], "q")
         source = request.query.get("source") or None
-        rows = await store.search(terms, _limit(request, top_default, most), source)
-        if source and not rows:
-            problem = await unknown_source(store, settings, source)
-            if problem:
-                raise ConfigError("source", problem)
-        return json_response(rows)
+        return json_response(
+            await known_source(source, await store.search(terms, _limit(request, top_default, most), source))
+        )
 
     async def health(request: web.Request) -> web.Response:
         from aggregator.health import check_health
@@ -110,7 +123,7 @@ def make_app(store: Store, settings: Settings) -> web.Application:
         ok, reason = await check_health(settings, request.query.get("instance"))
         return web.Response(text=reason if ok else f"unhealthy: {reason}", status=200 if ok else 503)
 
-    app = web.Application(middlewares=[errors])
+    app = web.Application(middlewares=[errors, revalidate])
     app.router.add_get("/", index)
     app.router.add_get("/top.json", top_json)
     app.router.add_get("/feed.atom", feed)

@@ -87,6 +87,12 @@ def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], 
         assert top_entry.link == rows[0]["url"] and top_entry.summary.startswith("热度 100.0, #1; ")
         again = feedparser.parse(http.get("/feed.atom").content)
         assert [e.id for e in again.entries] == [e.id for e in parsed.entries]  # ids stay
+        # A feed reader asking again with the ETag it has gets a 304 until the stories change.
+        etag = feed.headers["etag"]
+        same = http.get("/feed.atom", params={"limit": 50}, headers={"If-None-Match": etag})
+        assert same.status_code == 304 and same.content == b"" and same.headers["etag"] == etag
+        other = http.get("/feed.atom", params={"limit": 1}, headers={"If-None-Match": etag})
+        assert other.status_code == 200 and other.headers["etag"] != etag
 
         found = http.get("/search.json", params={"q": "国足 对手"}).json()
         assert sorted(r["title"] for r in found) == sorted(
