@@ -207,6 +207,29 @@ async def test_ranked_items_ordered_with_top_100(store_url: str) -> None:
         await store.close()
 
 
+async def test_the_top_rows_are_the_leading_positions_whichever_query_gives_them(store_url: str) -> None:
+    from aggregator.store import _leading_positions
+
+    store = await open_store(store_url)
+    try:
+        await store.record_poll(poll_write("weibo", [f"标题{n}" for n in range(12)], T0))
+        await store.record_poll(poll_write("zhihu", ["甲", "乙"], T0, heats=["900万", "10万"]))
+        await store.rescore(T0 + timedelta(seconds=30), ScoreSettings())
+        async with store.engine.connect() as conn:
+            view = (await conn.execute(sa.text("SELECT story_id, position FROM ranked_items"))).all()
+            # Rows that cannot be the leading ones (position 1 filtered out) take the ordered query.
+            rest = await _leading_positions(conn, "SELECT * FROM ({ranked}) r WHERE r.position > 1", 5)
+        expected = sorted(view, key=lambda r: r.position)
+        assert [r.position for r in rest] == [2, 3, 4, 5]
+        top = await store.top(5)
+        assert [(r["story_id"], r["position"]) for r in top] == [tuple(r) for r in expected[:5]]
+        assert [r["story_id"] for r in await store.top(100)] == [r.story_id for r in expected]
+        exported = await store.export_rows(3)
+        assert [r["story_id"] for r in exported] == [r.story_id for r in expected[:3]]
+    finally:
+        await store.close()
+
+
 async def test_search_finds_every_word_literally_and_newest_first(store_url: str) -> None:
     store = await open_store(store_url)
     try:

@@ -639,15 +639,14 @@ class Store:
 
     async def export_rows(self, top: int) -> list[dict[str, Any]]:
         """The top stories with their representative item's text, for `export`."""
-        q = sa.text(
+        q = (
             "SELECT r.position, r.score, r.title, r.url, r.source, r.sources, r.source_count, r.story_id, "
-            "r.item_key, r.collected_at, i.content, i.summary FROM ranked_items r JOIN items i ON i.key = r.item_key "
-            "ORDER BY r.position LIMIT :top"
+            "r.item_key, r.collected_at, i.content, i.summary FROM ({ranked}) r JOIN items i ON i.key = r.item_key"
         )
         ts = UtcDateTime()
-        async with self.engine.connect() as conn:
+        async with self._reading("cannot read the top stories") as conn:
             out = []
-            for r in await conn.execute(q, {"top": top}):
+            for r in await _leading_positions(conn, q, top):
                 row = dict(r._mapping)
                 row["collected_at"] = ts.process_result_value(row["collected_at"], self.engine.dialect)
                 out.append(row)
@@ -657,16 +656,18 @@ class Store:
 
     async def top(self, limit: int, source_id: str | None = None, now: datetime | None = None) -> list[dict[str, Any]]:
         """ranked_items rows, plus each story's trend: `ranks` per source, `velocity`, `rising`."""
-        where = ""
-        params: dict[str, Any] = {"limit": limit}
-        if source_id:
-            where = "WHERE story_id IN (SELECT story_id FROM items WHERE source_id = :source_id)"
-            params["source_id"] = source_id
-        q = sa.text(f"SELECT * FROM ranked_items {where} ORDER BY position LIMIT :limit")  # noqa: S608
         ts = UtcDateTime()
-        async with self.engine.connect() as conn:
+        async with self._reading("cannot read the top stories") as conn:
+            if source_id:
+                q = sa.text(
+                    "SELECT * FROM ranked_items WHERE story_id IN "
+                    "(SELECT story_id FROM items WHERE source_id = :source_id) ORDER BY position LIMIT :limit"
+                )
+                found: Sequence[Any] = (await conn.execute(q, {"limit": limit, "source_id": source_id})).all()
+            else:
+                found = await _leading_positions(conn, "SELECT * FROM ({ranked}) r", limit)
             rows = []
-            for r in await conn.execute(q, params):
+            for r in found:
                 row = dict(r._mapping)
                 for key in ("first_seen_at", "last_seen_at", "collected_at"):
                     row[key] = ts.process_result_value(row[key], self.engine.dialect)
@@ -896,6 +897,24 @@ class Store:
     async def poll_count(self) -> int:
         async with self.engine.connect() as conn:
             return int((await conn.execute(sa.select(sa.func.count()).select_from(polls))).scalar_one())
+
+
+async def _leading_positions(conn: AsyncConnection, sql: str, limit: int) -> list[Any]:
+    """`sql` (with `{ranked}` standing for ranked_items) for the ranked_items rows at
+    positions 1..limit, in position order.
+
+    `ORDER BY position LIMIT n` makes both databases compute every row of the view (the
+    list of sources is a subquery per story) before they can sort: 0.3 s at 30,000
+    stories. Without the ORDER BY they stop after n rows, which come in window order
+    in practice; the rows are kept only when their positions are exactly 1..k, which
+    proves they are the first k, else the ordered query runs.
+    """
+    first = sa.text(sql.format(ranked="SELECT * FROM ranked_items LIMIT :limit"))
+    rows = list((await conn.execute(first, {"limit": limit})).all())
+    if sorted(int(r.position) for r in rows) == list(range(1, len(rows) + 1)):
+        return sorted(rows, key=lambda r: int(r.position))
+    ordered = sa.text(sql.format(ranked="SELECT * FROM ranked_items ORDER BY position LIMIT :limit"))
+    return sorted((await conn.execute(ordered, {"limit": limit})).all(), key=lambda r: int(r.position))
 
 
 def _last_poll_at(source: sa.Table, *statuses: str) -> Any:
