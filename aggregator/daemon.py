@@ -25,7 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from aggregator.backoff import retry_delay_s
-from aggregator.collectors import COLLECTORS
+from aggregator.collectors import collectors
 from aggregator.collectors.fetch import make_fetcher
 from aggregator.errors import ConfigError, StoreError
 from aggregator.fulltext import run_fulltext
@@ -98,7 +98,7 @@ async def open_context(settings: Settings, store: Store) -> PollContext:
         settings=settings,
         store=store,
         fetcher=make_fetcher(settings.http),
-        collectors=COLLECTORS,
+        collectors=collectors(),
         clock=utc_now,
         stories=assigner,
         instance=instance_id(settings),
