@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from aggregator.collectors import baidu, bilibili, douyin, toutiao, weibo, zhihu
+from aggregator.collectors import baidu, bilibili, collectors, douyin, toutiao, weibo, zhihu
 from aggregator.collectors.fetch import Fetcher, make_fetcher
 from aggregator.errors import ParseError
 from aggregator.models import Collected, SourceState
@@ -17,14 +17,6 @@ from aggregator.normalize import parse_heat
 from aggregator.settings import HttpSettings, SourceSettings
 from tests.conftest import DATA, LoopbackServer
 
-COLLECT = {
-    "weibo": weibo.collect,
-    "zhihu": zhihu.collect,
-    "baidu": baidu.collect,
-    "toutiao": toutiao.collect,
-    "douyin": douyin.collect,
-    "bilibili": bilibili.collect,
-}
 JSON = "application/json; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 WB = "https://s.weibo.com/weibo?q="
@@ -410,12 +402,12 @@ async def collect_file(
 ) -> Collected:
     url = server.serve_file(f"/{name}", name, content_type)
     settings = SourceSettings(id="x", kind=kind, url=url, **source)
-    return await COLLECT[kind](fetcher, settings, state or SourceState())
+    return await collectors()[kind](fetcher, settings, state or SourceState())
 
 
 async def collect_body(server: LoopbackServer, fetcher: Fetcher, kind: str, body: str | bytes) -> Collected:
     url = server.route(f"/{kind}/edited.json", body)
-    return await COLLECT[kind](fetcher, SourceSettings(id="x", kind=kind, url=url), SourceState())
+    return await collectors()[kind](fetcher, SourceSettings(id="x", kind=kind, url=url), SourceState())
 
 
 def rows_of(collected: Collected) -> list[Row]:
