@@ -15,7 +15,7 @@ from aggregator.collectors import validate_sources
 from aggregator.errors import ConfigError, StoreError
 from aggregator.export import FORMATS
 from aggregator.logs import setup_logging
-from aggregator.render import explain_lines, history_lines, json_text, pad, unknown_source
+from aggregator.render import explain_lines, history_lines, json_text, pad, source_report, unknown_source
 from aggregator.settings import Settings, load_settings
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -33,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--once", action="store_true", help="poll each enabled source once and exit")
     run.add_argument("--source", action="append", metavar="ID", help="only this source (repeatable)")
 
-    sub.add_parser("sources", help="each source with its last success, last error and next due time")
+    sources = sub.add_parser("sources", help="each source with its last success, last error and next due time")
+    sources.add_argument("--json", action="store_true", help="JSON for scripts")
 
     top = sub.add_parser("top", help="the current top stories")
     top.add_argument("--limit", type=int, default=20, metavar="N")
@@ -109,18 +110,14 @@ async def _open_store(settings: Settings) -> Any:
     return await Store.from_settings(settings.store)
 
 
-def _source_health(row: dict[str, Any], now: datetime, zone: ZoneInfo) -> str:
-    """ok / failing since T / backing off until T, from a sources_status row."""
-    if not row["enabled"]:
-        return "disabled"
-    if row["last_poll_at"] is None:
-        return "not polled yet"
-    if not row["consecutive_failures"]:
-        return "ok"
-    due = row["next_attempt_at"]
-    if due is not None and due > now:
-        return f"backing off until {_local(due, zone)}"
-    return f"failing since {_local(row['failing_since'] or row['last_error_at'], zone)}"
+def _source_health(report: dict[str, Any], zone: ZoneInfo) -> str:
+    """ok / failing since T / backing off until T, from a source_report."""
+    state = str(report["state"])
+    if state == "backing_off":
+        return f"backing off until {_local(report['next_due'], zone)}"
+    if state == "failing":
+        return f"failing since {_local(report['failing_since'], zone)}"
+    return {"not_polled": "not polled yet"}.get(state, state)
 
 
 def _one_line(text: str, limit: int) -> str:
@@ -130,40 +127,36 @@ def _one_line(text: str, limit: int) -> str:
 
 
 async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
-    from datetime import UTC, timedelta
+    from datetime import UTC
 
     store = await _open_store(settings)
     try:
         rows = await store.sources_status()
     finally:
         await store.close()
-    zone = settings.display.zone
     now = datetime.now(UTC)
+    configured = {s.id for s in settings.sources}
+    reports = [source_report(r, now) for r in rows if r["id"] in configured]
+    if args.json:
+        _print_json(reports)
+        return EXIT_OK
+    zone = settings.display.zone
     print(
         f"{'id':<22} {'kind':<8} {'every':>6}  {'health':<37}  {'last success':<19}  {'next due':<19}  "
         f"{'held by':<16}  last error"
     )
-    configured = {s.id for s in settings.sources}
-    for r in rows:
-        if r["id"] not in configured:
-            continue
+    for r in reports:
         every = f"{int(r['interval_s'] // 60)}m" if r["interval_s"] >= 60 else f"{int(r['interval_s'])}s"
-        due = r["next_attempt_at"]
-        if due is None and r["last_poll_at"] is not None:
-            due = r["last_poll_at"] + timedelta(seconds=r["interval_s"])
         error = "-"
-        if r["last_error_at"] is not None and (
-            r["last_success_at"] is None or r["last_error_at"] > r["last_success_at"]
-        ):
-            since = r["failing_since"] or r["last_error_at"]
+        if r["last_error_kind"] is not None:
             error = (
                 f"{r['last_error_kind']}: {_one_line(r['last_error'] or '', 200)} "
-                f"(x{r['consecutive_failures']} since {_local(since, zone)})"
+                f"(x{r['consecutive_failures']} since {_local(r['failing_since'], zone)})"
             )
         print(
-            f"{r['id']:<22} {r['kind']:<8} {every:>6}  {_source_health(r, now, zone):<37}  "
-            f"{_local(r['last_success_at'], zone):<19}  {_local(due, zone):<19}  "
-            f"{pad(r['lease_owner'] or '-', 16)}  {error}"
+            f"{r['id']:<22} {r['kind']:<8} {every:>6}  {_source_health(r, zone):<37}  "
+            f"{_local(r['last_success_at'], zone):<19}  {_local(r['next_due'], zone):<19}  "
+            f"{pad(r['held_by'] or '-', 16)}  {error}"
         )
     return EXIT_OK
 

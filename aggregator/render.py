@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import unicodedata
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -31,6 +31,47 @@ async def unknown_source(store: Any, settings: Any, source_id: str) -> str | Non
         return None
     known = ", ".join(sorted(stored | configured)) or "none"
     return f"no source {source_id!r} in the settings or the store (known: {known})"
+
+
+def source_report(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    """A `sources_status` row as `sources` shows it, for people and scripts (never the cookies).
+
+    `state` is ok, failing, backing_off, not_polled or disabled; `next_due` is when the
+    source is polled next (its backoff, else its last poll plus its interval); the last
+    error is given only while it is newer than the last success.
+    """
+    if not row["enabled"]:
+        state = "disabled"
+    elif row["last_poll_at"] is None:
+        state = "not_polled"
+    elif not row["consecutive_failures"]:
+        state = "ok"
+    elif row["next_attempt_at"] is not None and row["next_attempt_at"] > now:
+        state = "backing_off"
+    else:
+        state = "failing"
+    due = row["next_attempt_at"]
+    if due is None and row["last_poll_at"] is not None:
+        due = row["last_poll_at"] + timedelta(seconds=row["interval_s"])
+    current_error = row["last_error_at"] is not None and (
+        row["last_success_at"] is None or row["last_error_at"] > row["last_success_at"]
+    )
+    return {
+        "id": row["id"],
+        "name": row["display_name"],
+        "kind": row["kind"],
+        "enabled": bool(row["enabled"]),
+        "interval_s": row["interval_s"],
+        "state": state,
+        "last_poll_at": row["last_poll_at"],
+        "last_success_at": row["last_success_at"],
+        "next_due": due,
+        "consecutive_failures": row["consecutive_failures"],
+        "failing_since": (row["failing_since"] or row["last_error_at"]) if current_error else None,
+        "last_error_kind": row["last_error_kind"] if current_error else None,
+        "last_error": row["last_error"] if current_error else None,
+        "held_by": row["lease_owner"],
+    }
 
 
 SPARKS = "▁▂▃▄▅▆▇█"

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from aggregator.errors import ConfigError, StoreError
 from aggregator.export import ExportDoc, is_http_url, render_atom
 from aggregator.normalize import search_terms
-from aggregator.render import json_text, unknown_source
+from aggregator.render import json_text, source_report, unknown_source
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from aggregator.store import Store
 
 log = logging.getLogger("aggregator.serve")
+PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _limit(request: web.Request, default: int, most: int) -> int:
@@ -38,6 +39,41 @@ def _limit(request: web.Request, default: int, most: int) -> int:
     if not (text.isascii() and text.isdigit() and len(text) <= 6 and 1 <= int(text) <= most):
         raise ConfigError("limit", f"must be a whole number from 1 to {most}, not {text[:20]!r}")
     return int(text)
+
+
+def prometheus_text(reports: list[dict[str, Any]], healthy: bool) -> str:
+    """Per-source gauges and the daemon's health in Prometheus' text format (version 0.0.4)."""
+    gauges: list[tuple[str, str, Callable[[dict[str, Any]], float | None]]] = [
+        ("aggregator_source_up", "1 when the source's newest poll succeeded", lambda r: float(r["state"] == "ok")),
+        (
+            "aggregator_source_consecutive_failures",
+            "failed polls since the last good one",
+            lambda r: float(r["consecutive_failures"]),
+        ),
+        (
+            "aggregator_source_last_success_timestamp_seconds",
+            "when the source's last good poll ended (Unix time)",
+            lambda r: r["last_success_at"].timestamp() if r["last_success_at"] else None,
+        ),
+        (
+            "aggregator_source_next_due_timestamp_seconds",
+            "when the source is polled next (Unix time)",
+            lambda r: r["next_due"].timestamp() if r["next_due"] else None,
+        ),
+        ("aggregator_source_interval_seconds", "the source's polling interval", lambda r: float(r["interval_s"])),
+    ]
+    lines = []
+    for name, help_text, value in gauges:
+        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for r in reports:
+            if r["enabled"] and (v := value(r)) is not None:
+                lines.append(f'{name}{{source="{r["id"]}",kind="{r["kind"]}"}} {v:.17g}')
+    lines += [
+        "# HELP aggregator_healthy 1 when `aggregator health` would exit 0",
+        "# TYPE aggregator_healthy gauge",
+        f"aggregator_healthy {int(healthy)}",
+    ]
+    return "\n".join(lines) + "\n"
 
 
 def _index_page(rows: list[dict[str, Any]]) -> str:
@@ -117,6 +153,23 @@ def make_app(store: Store, settings: Settings) -> web.Application:
             await known_source(source, await store.search(terms, _limit(request, top_default, most), source))
         )
 
+    async def sources_json(request: web.Request) -> web.Response:
+        return json_response(await source_reports())
+
+    async def source_reports() -> list[dict[str, Any]]:
+        now = datetime.now(UTC)
+        configured = {s.id for s in settings.sources}
+        return [source_report(r, now) for r in await store.sources_status() if r["id"] in configured]
+
+    async def metrics(request: web.Request) -> web.Response:
+        from aggregator.health import check_health
+
+        healthy, _ = await check_health(settings, request.query.get("instance"))
+        text = prometheus_text(await source_reports(), healthy)
+        return web.Response(
+            body=text.encode("utf-8"), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"}
+        )
+
     async def health(request: web.Request) -> web.Response:
         from aggregator.health import check_health
 
@@ -128,6 +181,8 @@ def make_app(store: Store, settings: Settings) -> web.Application:
     app.router.add_get("/top.json", top_json)
     app.router.add_get("/feed.atom", feed)
     app.router.add_get("/search.json", search)
+    app.router.add_get("/sources.json", sources_json)
+    app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)
     return app
 

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import feedparser
@@ -113,6 +114,17 @@ def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], 
         assert missing.status_code == 404 and "no source 'weibo2'" in missing.json()["error"]
         assert http.post("/top.json").status_code == 405
         assert http.get("/nothing-here").status_code == 404
+        reports = http.get("/sources.json").json()
+        assert {r["id"]: r["state"] for r in reports} == {s: "ok" for s in ("weibo", "baidu", "toutiao", "odd")}
+        metrics = http.get("/metrics")
+        assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+        samples = dict(line.rsplit(" ", 1) for line in metrics.text.splitlines() if line and not line.startswith("#"))
+        assert samples['aggregator_source_up{source="weibo",kind="newsnow"}'] == "1"
+        assert samples['aggregator_source_consecutive_failures{source="odd",kind="newsnow"}'] == "0"
+        last = float(samples['aggregator_source_last_success_timestamp_seconds{source="baidu",kind="newsnow"}'])
+        baidu = next(r for r in reports if r["id"] == "baidu")
+        assert last == datetime.fromisoformat(baidu["last_success_at"]).timestamp()
+        assert samples["aggregator_healthy"] == "0"  # no daemon has written a heartbeat here
         health = http.get("/health")
         assert health.status_code == 503 and "no heartbeat" in health.text
     proc.send_signal(signal.SIGTERM)

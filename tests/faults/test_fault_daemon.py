@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sqlite3
@@ -124,6 +125,10 @@ def test_sources_shows_failing_since_and_recovery(tmp_path: Path, fault_server: 
     first_failure = query(tmp_path, "SELECT finished_at FROM polls WHERE source_id = 'flaky'")[0][0]
     shown = cli("sources", config=config).stdout
     assert "backing off until" in shown and "http_5xx: HTTP 503" in shown and "(x1 since" in shown
+    (flaky,) = [r for r in json.loads(cli("sources", "--json", config=config).stdout) if r["id"] == "flaky"]
+    assert flaky["state"] == "backing_off" and flaky["last_error_kind"] == "http_5xx"
+    assert flaky["consecutive_failures"] == 1 and flaky["next_due"] > flaky["last_poll_at"]
+    assert "cookies" not in flaky and "etag" not in flaky
     # Past its next attempt it is failing, not backing off; since the first failure of the run of them.
     assert cli("run", "--once", config=config).returncode == 1
     db = sqlite3.connect(tmp_path / "data" / "aggregator.db")
@@ -144,3 +149,5 @@ def test_sources_shows_failing_since_and_recovery(tmp_path: Path, fault_server: 
     assert cli("run", "--once", config=config).returncode == 0
     line = next(line for line in cli("sources", config=config).stdout.splitlines() if line.startswith("flaky"))
     assert re.search(r"\s ok\s", line) and line.rstrip().endswith("-"), line
+    (flaky,) = [r for r in json.loads(cli("sources", "--json", config=config).stdout) if r["id"] == "flaky"]
+    assert flaky["state"] == "ok" and flaky["last_error"] is None and flaky["failing_since"] is None
