@@ -1,6 +1,6 @@
 """`aggregator serve`: the store read over HTTP: top stories as JSON and as an Atom feed,
-search, and the daemon's health. Read-only; it runs beside the daemon (or on a copy of the
-database) and never writes.
+search, the sources' state as JSON and Prometheus metrics, and the daemon's health.
+Read-only; it runs beside the daemon (or on a copy of the database) and never writes.
 
 aiohttp's server is already here with its client (the fetch transport), so serving needs
 no other package.
@@ -81,7 +81,8 @@ def _index_page(rows: list[dict[str, Any]]) -> str:
         "<!doctype html><meta charset=utf-8><title>aggregator</title>",
         "<h1>aggregator: top stories</h1>",
         '<p><a href="/top.json">top.json</a> · <a href="/feed.atom">feed.atom</a> · '
-        '<a href="/search.json?q=">search.json?q=</a> · <a href="/health">health</a></p><ol>',
+        '<a href="/search.json?q=">search.json?q=</a> · <a href="/sources.json">sources.json</a> · '
+        '<a href="/metrics">metrics</a> · <a href="/health">health</a></p><ol>',
     ]
     for r in rows:
         title = html.escape(r["title"])
