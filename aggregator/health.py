@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from aggregator.settings import Settings
-from datetime import UTC, datetime
 
 # Key prefix of heartbeat rows in aggregator_meta; the rest of the key is the instance id.
 HEARTBEAT_KEY_PREFIX = "heartbeat:"
