@@ -188,13 +188,30 @@ def make_app(store: Store, settings: Settings) -> web.Application:
     return app
 
 
+async def _open_read_only(settings: Settings) -> Store:
+    """The store as the daemon left it: never created or migrated here (StoreError instead)."""
+    from aggregator.store import Store
+    from aggregator.store.engine import check_version, head_revision, sqlite_path
+
+    path = sqlite_path(settings.store.effective_url)
+    if path is not None and not path.is_file():
+        raise StoreError(f"no database at {path}: start the daemon (`aggregator run`) first")
+    store = await Store.from_settings(settings.store, upgrade=False)
+    revision = await check_version(store.engine)
+    if revision != head_revision():
+        await store.close()
+        raise StoreError(
+            f"the database is at schema revision {revision or '(none)'}, this aggregator's is {head_revision()}: "
+            "run `aggregator db upgrade` (or restart the daemon, which migrates it)"
+        )
+    return store
+
+
 async def serve(settings: Settings, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT; exit status 0 after a clean stop."""
     from aiohttp import web
 
-    from aggregator.store import Store
-
-    store = await Store.from_settings(settings.store)
+    store = await _open_read_only(settings)
     runner = web.AppRunner(make_app(store, settings), access_log=log, access_log_format='%a "%r" %s %b %Tfs')
     try:
         await runner.setup()

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -150,3 +151,16 @@ def test_serve_settings_are_checked(tmp_path: Path) -> None:
     done = cli("serve", config=config)
     assert done.returncode == 2 and "serve.port" in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_serve_never_creates_or_migrates_the_database(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[store]\ndata_dir = "{tmp_path / "data"}"\n', encoding="utf-8")
+    (tmp_path / "data").mkdir()
+    missing = cli("serve", "--port", "0", config=config)
+    assert missing.returncode == 2 and "no database at" in missing.stderr and "aggregator run" in missing.stderr
+    assert not (tmp_path / "data" / "aggregator.db").exists()
+    sqlite3.connect(tmp_path / "data" / "aggregator.db").close()  # an empty file: no schema yet
+    empty = cli("serve", "--port", "0", config=config)
+    assert empty.returncode == 2 and "aggregator db upgrade" in empty.stderr
+    assert query(tmp_path, "SELECT count(*) FROM sqlite_master") == [(0,)]
