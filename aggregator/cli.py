@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -430,4 +431,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"aggregator: store error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
+        return EXIT_FAILED
+    except BrokenPipeError:
+        # `aggregator top | head`: the reader left. No traceback, and none at exit either
+        # when Python flushes what is left for it.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
         return EXIT_FAILED

@@ -316,3 +316,23 @@ async def test_restart_keeps_a_failing_sources_backoff(tmp_path: Path, http_serv
     daemon._schedule(settings.sources, {"weibo": now - timedelta(minutes=5)}, {"weibo": later})
     job = daemon.scheduler.get_job("weibo")
     assert job is not None and abs((job.next_run_time - later).total_seconds()) < 1
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path: Path, http_server: LoopbackServer) -> None:
+    serve_defaults(http_server)
+    config = settings_file(tmp_path, http_server)
+    assert cli("run", "--once", config=config).returncode == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
+    for command in ("sources", "top"):
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "aggregator", "--config", str(config), command],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=env,
+        )
+        assert proc.stdout is not None and proc.stderr is not None
+        proc.stdout.close()  # as `| head` does once it has its lines: before the first write here
+        err = proc.stderr.read().decode(errors="replace")
+        proc.stderr.close()
+        assert proc.wait(timeout=60) == 1, err
+        assert "Traceback" not in err and "BrokenPipeError" not in err, err
