@@ -230,7 +230,9 @@ async def test_the_top_rows_are_the_leading_positions_whichever_query_gives_them
         await store.close()
 
 
-async def test_search_finds_every_word_literally_and_newest_first(store_url: str) -> None:
+async def test_search_finds_every_word_literally_and_newest_first(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     store = await open_store(store_url)
     try:
         await store.record_poll(poll_write("weibo", ["iPhone 18 发布", "100% 中签", "暴雨 北京"], T0))
@@ -251,6 +253,14 @@ async def test_search_finds_every_word_literally_and_newest_first(store_url: str
         assert [r["title"] for r in await store.search([["暴雨"]], 10, "weibo")] == ["暴雨 北京"]
         # Any spelling of a term matches.
         assert len(await store.search([["nothing", "暴雨"]], 10)) == 2
+        # Positions come from the first rows of the view, or from the view by id when the
+        # story is further down: the same either way.
+        import aggregator.store as store_module
+
+        first = {r["story_id"]: r["position"] for r in await store.search([["中签"]], 10)}
+        assert len(first) == 2 and max(first.values()) > 1  # so one read of 1 row cannot hold both
+        monkeypatch.setattr(store_module, "SEARCH_POSITION_PREFIX", 1)
+        assert {r["story_id"]: r["position"] for r in await store.search([["中签"]], 10)} == first
     finally:
         await store.close()
 

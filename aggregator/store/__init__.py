@@ -40,6 +40,8 @@ STALE_LIST_S = 24 * 3600.0
 SCORE_FLOOR = 0.05
 # Wordings of a story that `search` returns with it (the first ones seen).
 SEARCH_TITLES = 5
+# Rows of ranked_items `search` reads first for the positions of what it found.
+SEARCH_POSITION_PREFIX = 1000
 # Rows per executemany in `rescore`: the parameter dicts of every active story at once are
 # tens of megabytes that stay in the process as free memory after the job.
 RESCORE_BATCH = 1000
@@ -718,11 +720,22 @@ class Store:
                 .where(items.c.story_id.in_(ids))
                 .order_by(items.c.story_id, items.c.first_seen_at, items.c.id)
             )
-            positions = sa.text("SELECT story_id, position FROM ranked_items WHERE story_id IN :ids").bindparams(
-                sa.bindparam("ids", expanding=True)
-            )
             member_rows = (await conn.execute(members)).all()
-            position = {int(r.story_id): int(r.position) for r in await conn.execute(positions, {"ids": ids})}
+            # Only stories with a score are ranked. Most searches look for what is hot now:
+            # the first rows of the view (read lazily, see _leading_positions) usually hold
+            # them; asking the view by id makes it compute every row.
+            ranked = {int(r["story_id"]) for r in rows if r["score"] > 0}
+            position: dict[int, int] = {}
+            if ranked:
+                leading = sa.text("SELECT story_id, position FROM ranked_items LIMIT :n")
+                for r in await conn.execute(leading, {"n": SEARCH_POSITION_PREFIX}):
+                    if int(r.story_id) in ranked:
+                        position[int(r.story_id)] = int(r.position)
+            if not ranked <= position.keys():
+                by_id = sa.text("SELECT story_id, position FROM ranked_items WHERE story_id IN :ids").bindparams(
+                    sa.bindparam("ids", expanding=True)
+                )
+                position = {int(r.story_id): int(r.position) for r in await conn.execute(by_id, {"ids": ids})}
         best: dict[int, dict[str, int | None]] = {}
         titles: dict[int, list[str]] = {}
         for m in member_rows:
