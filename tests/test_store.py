@@ -207,7 +207,9 @@ async def test_ranked_items_ordered_with_top_100(store_url: str) -> None:
         await store.close()
 
 
-async def test_the_top_rows_are_the_leading_positions_whichever_query_gives_them(store_url: str) -> None:
+async def test_the_top_rows_are_the_leading_positions_whichever_query_gives_them(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from aggregator.store import _leading_positions
 
     store = await open_store(store_url)
@@ -226,6 +228,17 @@ async def test_the_top_rows_are_the_leading_positions_whichever_query_gives_them
         assert [r["story_id"] for r in await store.top(100)] == [r.story_id for r in expected]
         exported = await store.export_rows(3)
         assert [r["story_id"] for r in exported] == [r.story_id for r in expected[:3]]
+        # One source's stories: from the first positions when they hold the answer, else
+        # from the whole view; the same rows either way.
+        import aggregator.store as store_module
+
+        async with store.engine.connect() as conn:
+            weibo = {r[0] for r in await conn.execute(sa.text("SELECT story_id FROM items WHERE source_id = 'weibo'"))}
+        want = [r.story_id for r in expected if r.story_id in weibo]
+        for prefix in (1000, 3, 1):
+            monkeypatch.setattr(store_module, "TOP_SOURCE_PREFIX", prefix)
+            for limit in (1, 5, 20):
+                assert [r["story_id"] for r in await store.top(limit, "weibo")] == want[:limit], (prefix, limit)
     finally:
         await store.close()
 

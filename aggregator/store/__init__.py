@@ -40,8 +40,10 @@ STALE_LIST_S = 24 * 3600.0
 SCORE_FLOOR = 0.05
 # Wordings of a story that `search` returns with it (the first ones seen).
 SEARCH_TITLES = 5
-# Rows of ranked_items `search` reads first for the positions of what it found.
+# Rows of ranked_items `search` reads first for the positions of what it found, and
+# `top --source` for the source's stories.
 SEARCH_POSITION_PREFIX = 1000
+TOP_SOURCE_PREFIX = 1000
 # Rows per executemany in `rescore`: the parameter dicts of every active story at once are
 # tens of megabytes that stay in the process as free memory after the job.
 RESCORE_BATCH = 1000
@@ -661,11 +663,7 @@ class Store:
         ts = UtcDateTime()
         async with self._reading("cannot read the top stories") as conn:
             if source_id:
-                q = sa.text(
-                    "SELECT * FROM ranked_items WHERE story_id IN "
-                    "(SELECT story_id FROM items WHERE source_id = :source_id) ORDER BY position LIMIT :limit"
-                )
-                found: Sequence[Any] = (await conn.execute(q, {"limit": limit, "source_id": source_id})).all()
+                found: Sequence[Any] = await _top_of_source(conn, source_id, limit)
             else:
                 found = await _leading_positions(conn, "SELECT * FROM ({ranked}) r", limit)
             rows = []
@@ -928,6 +926,31 @@ async def _leading_positions(conn: AsyncConnection, sql: str, limit: int) -> lis
         return sorted(rows, key=lambda r: int(r.position))
     ordered = sa.text(sql.format(ranked="SELECT * FROM ranked_items ORDER BY position LIMIT :limit"))
     return sorted((await conn.execute(ordered, {"limit": limit})).all(), key=lambda r: int(r.position))
+
+
+async def _top_of_source(conn: AsyncConnection, source_id: str, limit: int) -> list[Any]:
+    """The first `limit` ranked_items rows of the stories `source_id` listed, in position order.
+
+    A source's best stories are mostly near the top: they are looked for among the first
+    TOP_SOURCE_PREFIX positions (read as `_leading_positions` reads them), which holds the
+    answer when it holds `limit` of them or is the whole view. Else the view is filtered
+    whole, which makes it compute every row.
+    """
+    prefix = await _leading_positions(conn, "SELECT * FROM ({ranked}) r", TOP_SOURCE_PREFIX)
+    if prefix:
+        listed = sa.text(
+            "SELECT DISTINCT story_id FROM items WHERE source_id = :source_id AND story_id IN :ids"
+        ).bindparams(sa.bindparam("ids", expanding=True))
+        ids = [int(r.story_id) for r in prefix]
+        mine = {int(r.story_id) for r in await conn.execute(listed, {"source_id": source_id, "ids": ids})}
+        found = [r for r in prefix if int(r.story_id) in mine][:limit]
+        if len(found) == limit or len(prefix) < TOP_SOURCE_PREFIX:
+            return found
+    q = sa.text(
+        "SELECT * FROM ranked_items WHERE story_id IN "
+        "(SELECT story_id FROM items WHERE source_id = :source_id) ORDER BY position LIMIT :limit"
+    )
+    return list((await conn.execute(q, {"limit": limit, "source_id": source_id})).all())
 
 
 def _last_poll_at(source: sa.Table, *statuses: str) -> Any:
