@@ -169,11 +169,7 @@ def escape_markdown_inline(text: str) -> str:
 def link_url(url: str) -> str | None:
     """`url` made safe as a Markdown link destination, or None when it is not an http(s) URL."""
     url = _URL_STRIPPED.sub("", _replace_surrogates(url)).strip(" ")
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return None
-    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+    if not is_http_url(url):
         return None
     out: list[str] = []
     for char in url:

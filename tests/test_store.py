@@ -236,7 +236,7 @@ async def test_the_top_rows_are_the_leading_positions_whichever_query_gives_them
             weibo = {r[0] for r in await conn.execute(sa.text("SELECT story_id FROM items WHERE source_id = 'weibo'"))}
         want = [r.story_id for r in expected if r.story_id in weibo]
         for prefix in (1000, 3, 1):
-            monkeypatch.setattr(store_module, "TOP_SOURCE_PREFIX", prefix)
+            monkeypatch.setattr(store_module, "RANKED_PREFIX", prefix)
             for limit in (1, 5, 20):
                 assert [r["story_id"] for r in await store.top(limit, "weibo")] == want[:limit], (prefix, limit)
     finally:
@@ -272,7 +272,7 @@ async def test_search_finds_every_word_literally_and_newest_first(
 
         first = {r["story_id"]: r["position"] for r in await store.search([["中签"]], 10)}
         assert len(first) == 2 and max(first.values()) > 1  # so one read of 1 row cannot hold both
-        monkeypatch.setattr(store_module, "SEARCH_POSITION_PREFIX", 1)
+        monkeypatch.setattr(store_module, "RANKED_PREFIX", 1)
         assert {r["story_id"]: r["position"] for r in await store.search([["中签"]], 10)} == first
     finally:
         await store.close()

@@ -40,10 +40,9 @@ STALE_LIST_S = 24 * 3600.0
 SCORE_FLOOR = 0.05
 # Wordings of a story that `search` returns with it (the first ones seen).
 SEARCH_TITLES = 5
-# Rows of ranked_items `search` reads first for the positions of what it found, and
-# `top --source` for the source's stories.
-SEARCH_POSITION_PREFIX = 1000
-TOP_SOURCE_PREFIX = 1000
+# The first rows of ranked_items that `search` (for the positions of what it found) and
+# `top --source` (for the source's stories) look among before they read the whole view.
+RANKED_PREFIX = 1000
 # Rows per executemany in `rescore`: the parameter dicts of every active story at once are
 # tens of megabytes that stay in the process as free memory after the job.
 RESCORE_BATCH = 1000
@@ -726,7 +725,7 @@ class Store:
             position: dict[int, int] = {}
             if ranked:
                 leading = sa.text("SELECT story_id, position FROM ranked_items LIMIT :n")
-                for r in await conn.execute(leading, {"n": SEARCH_POSITION_PREFIX}):
+                for r in await conn.execute(leading, {"n": RANKED_PREFIX}):
                     if int(r.story_id) in ranked:
                         position[int(r.story_id)] = int(r.position)
             if not ranked <= position.keys():
@@ -932,11 +931,11 @@ async def _top_of_source(conn: AsyncConnection, source_id: str, limit: int) -> l
     """The first `limit` ranked_items rows of the stories `source_id` listed, in position order.
 
     A source's best stories are mostly near the top: they are looked for among the first
-    TOP_SOURCE_PREFIX positions (read as `_leading_positions` reads them), which holds the
+    RANKED_PREFIX positions (read as `_leading_positions` reads them), which holds the
     answer when it holds `limit` of them or is the whole view. Else the view is filtered
     whole, which makes it compute every row.
     """
-    prefix = await _leading_positions(conn, "SELECT * FROM ({ranked}) r", TOP_SOURCE_PREFIX)
+    prefix = await _leading_positions(conn, "SELECT * FROM ({ranked}) r", RANKED_PREFIX)
     if prefix:
         listed = sa.text(
             "SELECT DISTINCT story_id FROM items WHERE source_id = :source_id AND story_id IN :ids"
@@ -944,7 +943,7 @@ async def _top_of_source(conn: AsyncConnection, source_id: str, limit: int) -> l
         ids = [int(r.story_id) for r in prefix]
         mine = {int(r.story_id) for r in await conn.execute(listed, {"source_id": source_id, "ids": ids})}
         found = [r for r in prefix if int(r.story_id) in mine][:limit]
-        if len(found) == limit or len(prefix) < TOP_SOURCE_PREFIX:
+        if len(found) == limit or len(prefix) < RANKED_PREFIX:
             return found
     q = sa.text(
         "SELECT * FROM ranked_items WHERE story_id IN "
