@@ -920,9 +920,9 @@ async def _leading_positions(conn: AsyncConnection, sql: str, limit: int) -> lis
     proves they are the first k, else the ordered query runs.
     """
     first = sa.text(sql.format(ranked="SELECT * FROM ranked_items LIMIT :limit"))
-    rows = list((await conn.execute(first, {"limit": limit})).all())
-    if sorted(int(r.position) for r in rows) == list(range(1, len(rows) + 1)):
-        return sorted(rows, key=lambda r: int(r.position))
+    rows = sorted((await conn.execute(first, {"limit": limit})).all(), key=lambda r: int(r.position))
+    if [int(r.position) for r in rows] == list(range(1, len(rows) + 1)):
+        return rows
     ordered = sa.text(sql.format(ranked="SELECT * FROM ranked_items ORDER BY position LIMIT :limit"))
     return sorted((await conn.execute(ordered, {"limit": limit})).all(), key=lambda r: int(r.position))
 
