@@ -26,20 +26,24 @@ def sqlite_url(path: Path) -> str:
     return f"sqlite+aiosqlite:///{path}"
 
 
-def tables(path: Path) -> set[str]:
+def rows(path: Path, sql: str) -> list[tuple[object, ...]]:
     db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
     try:
-        return {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return db.execute(sql).fetchall()
     finally:
         db.close()
+
+
+def tables(path: Path) -> set[str]:
+    return {str(r[0]) for r in rows(path, "SELECT name FROM sqlite_master WHERE type = 'table'")}
+
+
+def item_columns(path: Path) -> set[str]:
+    return {str(r[1]) for r in rows(path, "PRAGMA table_info(items)")}
 
 
 def scalar(path: Path, sql: str) -> object:
-    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        return db.execute(sql).fetchone()[0]
-    finally:
-        db.close()
+    return rows(path, sql)[0][0]
 
 
 def test_head_revision_is_alembics_without_importing_it() -> None:
@@ -75,6 +79,42 @@ async def test_child_migration_creates_the_schema(tmp_path: Path) -> None:
         assert await engine.check_version(store.engine) == engine.head_revision()
     finally:
         await store.close()
+
+
+def imports_alembic_to_open(path: Path) -> bool:
+    """Open the store with upgrade=True in a fresh interpreter; True if that imported Alembic."""
+    code = (
+        "import asyncio, sys; from aggregator.store import Store\n"
+        "async def main():\n"
+        f"    store = await Store.open({sqlite_url(path)!r}, upgrade=True)\n"
+        "    await store.close()\n"
+        "asyncio.run(main()); print('alembic' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return {"True": True, "False": False}[done.stdout.strip()]
+
+
+def test_an_upgrade_imports_alembic_only_when_a_migration_is_pending(tmp_path: Path) -> None:
+    db = tmp_path / "aggregator.db"
+    assert imports_alembic_to_open(db)  # a new file: every migration runs
+    assert scalar(db, "SELECT version_num FROM alembic_version") == engine.head_revision()
+    assert not imports_alembic_to_open(db)  # current: a read of alembic_version, no Alembic
+
+
+def test_a_database_at_an_older_revision_is_migrated_to_head(tmp_path: Path) -> None:
+    from alembic import command
+    from sqlalchemy import create_engine
+
+    db = tmp_path / "aggregator.db"
+    sync = create_engine(f"sqlite:///{db}")
+    with sync.begin() as conn:
+        command.upgrade(engine._alembic_config(conn), "0001")
+    sync.dispose()
+    assert scalar(db, "SELECT version_num FROM alembic_version") == "0001"
+    assert "content_status" not in item_columns(db)
+    assert imports_alembic_to_open(db)
+    assert scalar(db, "SELECT version_num FROM alembic_version") == engine.head_revision()
+    assert "content_status" in item_columns(db)
 
 
 @pytest.mark.postgres

@@ -262,12 +262,15 @@ MIGRATION_LOCK_KEY = 7_262_026_001
 
 
 def _upgrade(connection: Connection) -> None:
-    from alembic import command
-
+    # Alembic (0.6 s to import) only when a migration is pending: `run --once` from cron
+    # and `db upgrade` on a current database then cost a read of alembic_version.
     if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     _check_ours(connection)
-    command.upgrade(_alembic_config(connection), "head")
+    if _current_revision(connection) != head_revision():
+        from alembic import command
+
+        command.upgrade(_alembic_config(connection), "head")
     connection.execute(
         sa.text(
             "INSERT INTO aggregator_meta (key, value, updated_at) VALUES ('application', :app, :now) "
