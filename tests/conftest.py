@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -28,6 +30,13 @@ class Route:
     headers: dict[str, str] = field(default_factory=dict)
     # Called with the request handler instead of serving `body` (for slow or odd servers).
     handler: Callable[[BaseHTTPRequestHandler], None] | None = None
+
+
+class _QuietServer(ThreadingHTTPServer):
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up mid-answer (a poll cancelled at shutdown) is expected, not news.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class LoopbackServer:
@@ -70,7 +79,7 @@ class LoopbackServer:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd = _QuietServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
@@ -104,6 +113,47 @@ def http_server() -> Iterator[LoopbackServer]:
     finally:
         server.httpd.shutdown()
         server.httpd.server_close()
+
+
+@pytest.fixture(scope="session")
+def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite store at the head revision, migrated once per session for tests to copy.
+
+    A daemon that starts on a fresh file migrates it in a child process (about a second);
+    one that starts on a copy of this file finds the schema current, as on every restart.
+    """
+    from aggregator.store import engine as engine_mod
+
+    path = tmp_path_factory.mktemp("migrated") / "aggregator.db"
+
+    async def migrate() -> None:
+        engine = engine_mod.make_engine(f"sqlite+aiosqlite:///{path}", busy_timeout_s=5, pool_size=1)
+        try:
+            await engine_mod.upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    asyncio.run(migrate())
+    assert not path.with_name(path.name + "-wal").exists()  # the last close checkpointed it
+    return path
+
+
+def copy_migrated(template: Path, data_dir: Path) -> Path:
+    """Put a copy of the migrated template at `data_dir`/aggregator.db and return its path."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = data_dir / "aggregator.db"
+    shutil.copyfile(template, target)
+    return target
+
+
+@pytest.fixture
+def premigrated(tmp_path: Path, migrated_sqlite: Path) -> Path:
+    """`tmp_path`/data/aggregator.db at the head revision: the test's commands skip the migration.
+
+    For tests about sources, polls and reports rather than migrations (tests/test_migrate.py
+    covers those); it saves each daemon start the second a fresh file's migration takes.
+    """
+    return copy_migrated(migrated_sqlite, tmp_path / "data")
 
 
 def _pg_reachable() -> bool:

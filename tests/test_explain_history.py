@@ -6,8 +6,12 @@ import json
 import re
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DATA, LoopbackServer
 from tests.test_daemon import cli, query
+
+pytestmark = pytest.mark.usefixtures("premigrated")
 
 
 def three_sources(tmp_path: Path, server: LoopbackServer) -> Path:

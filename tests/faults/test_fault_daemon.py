@@ -8,6 +8,8 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DATA, wait_for
 from tests.faults.conftest import GOOD_FEED, GOOD_LIST
 from tests.faults.crashharness import start_daemon
@@ -117,6 +119,7 @@ def test_daemon_process_survives_every_fault_and_reports_health(tmp_path: Path, 
     assert "HTTP 429" in lines["limited"]
 
 
+@pytest.mark.usefixtures("premigrated")
 def test_sources_shows_failing_since_and_recovery(tmp_path: Path, fault_server: FaultServer) -> None:
     down = respond(b"down", status=503, content_type="text/plain")
     url = fault_server.route("/flaky", sequence(down, down, respond(GOOD)))

@@ -61,6 +61,8 @@ GOOD = newsnow_payload(GOOD_LIST)
 # Start of an in-process daemon to the recorded fault, on a loaded machine.
 RUN_BOUND_S = 15.0
 
+pytestmark = pytest.mark.usefixtures("premigrated")
+
 
 @dataclass(frozen=True)
 class Fault:

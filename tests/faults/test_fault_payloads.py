@@ -36,6 +36,8 @@ BILLION = (DATA / "feed" / "billion.xml").read_bytes()
 CAPTCHA = (DATA / "feed" / "captcha.html").read_bytes()
 MOJIBAKE_MARKS = ("Ã", "Ö", "Ð", "¢", "\ufffd")
 
+pytestmark = pytest.mark.usefixtures("premigrated")
+
 
 @dataclass(frozen=True)
 class Refusal:
