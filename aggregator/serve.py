@@ -207,11 +207,35 @@ async def _open_read_only(settings: Settings) -> Store:
     return store
 
 
+class _MalformedRequests(logging.Filter):
+    """aiohttp's server logs a request it cannot parse as an ERROR with a traceback; make it one line.
+
+    Such requests (a scanner, TLS sent to the plain port, an overlong line) are the client's
+    fault and already answered 400 and written to the access log: an INFO line with the
+    parser's reason says what happened without an operator's alert. Other errors keep their
+    traceback (they are bugs).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from aiohttp.http_exceptions import HttpProcessingError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            reason = " ".join(str(exc.message).split())[:200]
+            remote = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "malformed request from %s: %s: %s"
+            record.args = (remote, type(exc).__name__, reason)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
 async def serve(settings: Settings, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT; exit status 0 after a clean stop."""
     from aiohttp import web
 
     store = await _open_read_only(settings)
+    logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
     runner = web.AppRunner(make_app(store, settings), access_log=log, access_log_format='%a "%r" %s %b %Tfs')
     try:
         await runner.setup()

@@ -114,6 +114,11 @@ def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], 
         missing = http.get("/top.json", params={"source": "weibo2"})
         assert missing.status_code == 404 and "no source 'weibo2'" in missing.json()["error"]
         assert http.post("/top.json").status_code == 405
+        host, port = base.removeprefix("http://").rstrip("/").rsplit(":", 1)
+        for raw in (b"GET /" + b"a" * 20000 + b" HTTP/1.1\r\n\r\n", b"GET / HTTP/1.1\r\nContent-Length: x\r\n\r\n"):
+            with socket.create_connection((host, int(port)), timeout=10) as conn:
+                conn.sendall(raw)
+                assert conn.recv(64).startswith(b"HTTP/1.0 400 ")
         assert http.get("/nothing-here").status_code == 404
         reports = http.get("/sources.json").json()
         assert {r["id"]: r["state"] for r in reports} == {s: "ok" for s in ("weibo", "baidu", "toutiao", "odd")}
@@ -132,6 +137,10 @@ def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], 
     assert proc.wait(timeout=20) == 0
     log = out.read_text(errors="replace")
     assert '"GET /top.json HTTP/1.1" 200' in log and "serve stopped" in log
+    # Requests the parser refused are one line each, not an ERROR with a traceback.
+    assert "malformed request from 127.0.0.1: LineTooLong: " in log
+    assert "malformed request from 127.0.0.1: BadHttpMessage: " in log
+    assert "Traceback" not in log and "ERROR" not in log
 
 
 def test_a_port_in_use_exits_2_with_the_reason(filled: Path, tmp_path: Path) -> None:
