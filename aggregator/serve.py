@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import html
+import ipaddress
 import logging
 import signal
 from collections.abc import Callable
@@ -97,9 +99,20 @@ def make_app(store: Store, settings: Settings) -> web.Application:
     from aiohttp import web
 
     top_default, most = settings.serve.top, settings.serve.max_limit
+    token = settings.serve.token
 
     def json_response(payload: Any, status: int = 200) -> web.Response:
         return web.Response(text=json_text(payload), status=status, content_type="application/json", charset="utf-8")
+
+    @web.middleware
+    async def authorize(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        """With serve.token set, every path but /health (a container's probe) needs the token."""
+        if token and request.path != "/health" and not _has_token(request, token):
+            response = json_response({"error": "this server needs serve.token: Authorization: Bearer, or ?token="}, 401)
+            response.headers["WWW-Authenticate"] = 'Bearer realm="aggregator"'
+            return response
+        answer: web.StreamResponse = await handler(request)
+        return answer
 
     @web.middleware
     async def errors(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
@@ -144,7 +157,7 @@ def make_app(store: Store, settings: Settings) -> web.Application:
 
     async def feed(request: web.Request) -> web.Response:
         docs = [ExportDoc.from_row(i, r) for i, r in enumerate(await top_rows(request))]
-        body = render_atom(docs, datetime.now(UTC), str(request.url))
+        body = render_atom(docs, datetime.now(UTC), str(request.url.without_query_params("token")))
         return web.Response(body=body, content_type="application/atom+xml", charset="utf-8")
 
     async def search(request: web.Request) -> web.Response:
@@ -177,7 +190,7 @@ def make_app(store: Store, settings: Settings) -> web.Application:
         ok, reason = await check_health(settings, request.query.get("instance"))
         return web.Response(text=reason if ok else f"unhealthy: {reason}", status=200 if ok else 503)
 
-    app = web.Application(middlewares=[errors, revalidate])
+    app = web.Application(middlewares=[authorize, errors, revalidate])
     app.router.add_get("/", index)
     app.router.add_get("/top.json", top_json)
     app.router.add_get("/feed.atom", feed)
@@ -186,6 +199,21 @@ def make_app(store: Store, settings: Settings) -> web.Application:
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/health", health)
     return app
+
+
+def _has_token(request: web.Request, token: str) -> bool:
+    header = request.headers.get("Authorization", "")
+    given = header[7:].strip() if header[:7].lower() == "bearer " else request.query.get("token", "")
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode())
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 async def _open_read_only(settings: Settings) -> Store:
@@ -244,6 +272,12 @@ async def serve(settings: Settings, host: str, port: int) -> int:
             await site.start()
         except OSError as exc:
             raise ConfigError("serve.port", f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        if not settings.serve.token and not _is_loopback(host):
+            log.warning(
+                "serving on %s without serve.token: whoever reaches the port reads the store "
+                "(set serve.token, or put a proxy with access control in front)",
+                host,
+            )
         for address in runner.addresses:
             shown = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
             log.info("serving on http://%s:%s/", shown, address[1])

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from aggregator.errors import ConfigError
 from aggregator.resources import seeds_dir
@@ -243,6 +243,14 @@ class ServeSettings(_Section):
     port: int = Field(8080, ge=0, le=65535)
     top: int = Field(50, ge=1, le=1000)  # stories in /top.json and /feed.atom without ?limit=
     max_limit: int = Field(500, ge=1, le=10_000)  # the most ?limit= may ask for
+    token: str = ""  # when set, every path but /health needs it (Authorization: Bearer, or ?token=)
+
+    @field_validator("token")
+    @classmethod
+    def _token_is_usable(cls, token: str) -> str:
+        if token and not re.fullmatch(r"[\x21-\x7e]{16,256}", token):
+            raise ValueError("must be empty (no authentication) or 16 to 256 printable ASCII characters, no spaces")
+        return token
 
 
 class LogSettings(_Section):

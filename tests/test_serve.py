@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import feedparser
 import httpx
 import pytest
 
+from aggregator.serve import _is_loopback
 from tests.conftest import LoopbackServer, wait_for
 from tests.test_daemon import cli, query
 from tests.test_explain_history import three_sources
@@ -48,20 +50,26 @@ def start_serve(config: Path, out: Path, *args: str) -> subprocess.Popen[bytes]:
         )
 
 
-@pytest.fixture
-def served(filled: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
-    out = tmp_path / "serve.out"
-    proc = start_serve(filled, out, "--port", "0")
+@contextlib.contextmanager
+def running_serve(config: Path, out: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """`serve --port 0` on `config`, its base URL once it listens; killed afterwards if still running."""
+    proc = start_serve(config, out, "--port", "0")
     try:
         wait_for(lambda: "serving on http://" in out.read_text(errors="replace") or proc.poll() is not None, 30)
         text = out.read_text(errors="replace")
         assert proc.poll() is None, text
-        base = text.split("serving on ", 1)[1].split()[0]
-        yield base, proc, out
+        yield text.split("serving on ", 1)[1].split()[0], proc
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+@pytest.fixture
+def served(filled: Path, tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes], Path]]:
+    out = tmp_path / "serve.out"
+    with running_serve(filled, out) as (base, proc):
+        yield base, proc, out
 
 
 def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], Path], filled: Path) -> None:
@@ -141,6 +149,45 @@ def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], 
     assert "malformed request from 127.0.0.1: LineTooLong: " in log
     assert "malformed request from 127.0.0.1: BadHttpMessage: " in log
     assert "Traceback" not in log and "ERROR" not in log
+
+
+TOKEN = "s3cret-token-for-tests"
+
+
+def test_a_token_guards_every_path_but_health(filled: Path, tmp_path: Path) -> None:
+    with filled.open("a", encoding="utf-8") as fh:
+        fh.write(f'\n[serve]\ntoken = "{TOKEN}"\n')
+    with running_serve(filled, tmp_path / "serve.out") as (base, _proc), httpx.Client(base_url=base) as http:
+        for path in ("/", "/top.json", "/feed.atom", "/search.json?q=国足", "/sources.json", "/metrics", "/nope"):
+            refused = http.get(path)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"].startswith("Bearer"), path
+            assert "serve.token" in refused.json()["error"]
+            assert TOKEN not in refused.text
+        for wrong in ({"Authorization": "Bearer " + TOKEN[:-1]}, {"Authorization": TOKEN}):
+            assert http.get("/top.json", headers=wrong).status_code == 401
+        assert http.get("/top.json", params={"token": TOKEN + "x"}).status_code == 401
+        rows = http.get("/top.json", headers={"Authorization": f"Bearer {TOKEN}"}).json()
+        assert rows and rows[0]["score"] == 100.0
+        feed = http.get("/feed.atom", params={"token": TOKEN, "limit": 3})
+        assert feed.status_code == 200 and len(feedparser.parse(feed.content).entries) == 3
+        assert TOKEN not in feed.text  # the feed's own link leaves the token out
+        assert http.get("/health").status_code == 503  # open to a probe: no daemon here, so unhealthy
+
+
+def test_a_short_or_spaced_token_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    for bad in ("short", "sixteen chars with spaces"):
+        config.write_text(f'[store]\ndata_dir = "{tmp_path / "data"}"\n[serve]\ntoken = "{bad}"\n', encoding="utf-8")
+        done = cli("serve", config=config)
+        assert done.returncode == 2 and "serve.token: " in done.stderr and "16 to 256" in done.stderr, done.stderr
+        assert bad not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"), [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("::", False)]
+)
+def test_which_hosts_count_as_this_machine(host: str, loopback: bool) -> None:
+    assert _is_loopback(host) is loopback
 
 
 def test_a_port_in_use_exits_2_with_the_reason(filled: Path, tmp_path: Path) -> None:
