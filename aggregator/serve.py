@@ -18,6 +18,7 @@ import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
 
 from aggregator.errors import ConfigError, StoreError
 from aggregator.export import ExportDoc, is_http_url, render_atom
@@ -78,13 +79,19 @@ def prometheus_text(reports: list[dict[str, Any]], healthy: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _index_page(rows: list[dict[str, Any]]) -> str:
+def _index_page(rows: list[dict[str, Any]], token: str = "") -> str:
+    """The top stories as HTML; `token` (as the page was asked with ?token=) is kept in its links."""
+
+    def link(path: str, query: dict[str, str] | None = None) -> str:
+        params = {**(query or {}), **({"token": token} if token else {})}
+        href = path + ("?" + urlencode(params) if params or query is not None else "")
+        return f'<a href="{html.escape(href)}">{html.escape(path.lstrip("/") + ("?q=" if query else ""))}</a>'
+
+    paths = [link("/top.json"), link("/feed.atom"), link("/search.json", {"q": ""}), link("/sources.json")]
     lines = [
         "<!doctype html><meta charset=utf-8><title>aggregator</title>",
         "<h1>aggregator: top stories</h1>",
-        '<p><a href="/top.json">top.json</a> · <a href="/feed.atom">feed.atom</a> · '
-        '<a href="/search.json?q=">search.json?q=</a> · <a href="/sources.json">sources.json</a> · '
-        '<a href="/metrics">metrics</a> · <a href="/health">health</a></p><ol>',
+        f"<p>{' · '.join([*paths, link('/metrics'), link('/health')])}</p><ol>",
     ]
     for r in rows:
         title = html.escape(r["title"])
@@ -150,7 +157,8 @@ def make_app(store: Store, settings: Settings) -> web.Application:
         return await known_source(source, await store.top(_limit(request, top_default, most), source))
 
     async def index(request: web.Request) -> web.Response:
-        return web.Response(text=_index_page(await store.top(top_default)), content_type="text/html", charset="utf-8")
+        page = _index_page(await store.top(top_default), request.query.get("token", "") if token else "")
+        return web.Response(text=page, content_type="text/html", charset="utf-8")
 
     async def top_json(request: web.Request) -> web.Response:
         return json_response(await top_rows(request))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -172,6 +173,10 @@ def test_a_token_guards_every_path_but_health(filled: Path, tmp_path: Path) -> N
         assert feed.status_code == 200 and len(feedparser.parse(feed.content).entries) == 3
         assert TOKEN not in feed.text  # the feed's own link leaves the token out
         assert http.get("/health").status_code == 503  # open to a probe: no daemon here, so unhealthy
+        page = http.get("/", params={"token": TOKEN})
+        assert page.status_code == 200
+        linked = re.search(r'href="(/sources\.json\?[^"]+)"', page.text)
+        assert linked and http.get(linked.group(1)).status_code == 200  # its links keep the token
 
 
 def test_a_short_or_spaced_token_is_refused(tmp_path: Path) -> None:
