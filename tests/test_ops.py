@@ -196,6 +196,7 @@ async def test_health_when_the_store_file_is_read_only(tmp_path: Path) -> None:
     assert done.stdout.startswith(f"unhealthy: store not writable: {db} is not writable by uid"), done.stdout
 
 
+@pytest.mark.usefixtures("premigrated")
 def test_health_of_a_running_daemon_whose_sources_all_fail(tmp_path: Path, http_server: LoopbackServer) -> None:
     extra = '\n[health]\nheartbeat_every = "1s"\nstale_after = "10s"\n'
     config = fast_config(tmp_path, http_server, 2, extra)
@@ -397,6 +398,7 @@ def db_ready(tmp_path: Path, sql: str, minimum: int) -> bool:
         return False  # the schema is not there yet
 
 
+@pytest.mark.usefixtures("premigrated")
 def test_daemon_prunes_while_it_runs(tmp_path: Path, http_server: LoopbackServer) -> None:
     extra = '\n[retention]\nobservations = "2s"\npolls = "2s"\nevery = "1s"\nbatch = 100\n'
     proc = _start_daemon(fast_config(tmp_path, http_server, 4, extra))
@@ -429,6 +431,7 @@ def polls_of(db: Path, up_to: int) -> list[tuple[Any, ...]]:
         con.close()
 
 
+@pytest.mark.usefixtures("premigrated")
 def test_backup_under_concurrent_writes(tmp_path: Path, http_server: LoopbackServer) -> None:
     config = fast_config(tmp_path, http_server, 30)
     live = tmp_path / "data" / "aggregator.db"
@@ -578,6 +581,7 @@ def test_upstream_text_cannot_forge_log_lines(formatter: logging.Formatter) -> N
         assert line.count(" WARNING ") == 1 and "\\n2027-03-01T12:00:00Z ERROR" in line
 
 
+@pytest.mark.usefixtures("premigrated")
 def test_log_format_json_is_one_object_per_line(tmp_path: Path, http_server: LoopbackServer) -> None:
     # Upstream text (a page title) with a line break and a fake log line in it.
     title = "登录\n2027-03-01T12:00:00Z ERROR   aggregator.daemon: forged"

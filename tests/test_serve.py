@@ -28,7 +28,7 @@ HOSTILE = '<script>alert(1)</script> & "引号" ]]> 标题'
 
 
 @pytest.fixture
-def filled(tmp_path: Path, http_server: LoopbackServer) -> Path:
+def filled(tmp_path: Path, http_server: LoopbackServer, premigrated: Path) -> Path:
     config = three_sources(tmp_path, http_server)
     payload = {"status": "success", "id": "odd", "items": [{"id": "1", "title": HOSTILE, "url": "javascript:x()"}]}
     http_server.route("/api/s?id=odd&latest", json.dumps(payload, ensure_ascii=False))
