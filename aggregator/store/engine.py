@@ -177,9 +177,9 @@ def head_revision() -> str:
     return heads[0]
 
 
-def _current_revision(connection: Connection) -> str | None:
+def _current_revision(connection: Connection, tables: set[str]) -> str | None:
     """The revision in alembic_version (None when the table is absent or empty), as Alembic reads it."""
-    if not sa.inspect(connection).has_table("alembic_version"):
+    if "alembic_version" not in tables:
         return None
     rows = [r[0] for r in connection.execute(sa.text("SELECT version_num FROM alembic_version"))]
     if len(rows) > 1:
@@ -187,11 +187,11 @@ def _current_revision(connection: Connection) -> str | None:
     return rows[0] if rows else None
 
 
-def _check_ours(connection: Connection) -> None:
-    """Refuse a database that is newer than this code or belongs to something else."""
+def _check_ours(connection: Connection) -> str | None:
+    """Refuse a database that is newer than this code or belongs to something else; its revision."""
     inspector = sa.inspect(connection)
     tables = set(inspector.get_table_names())
-    current = _current_revision(connection)
+    current = _current_revision(connection, tables)
     if current is not None and not _known(current):
         raise StoreError(
             f"database is at schema revision {current!r}, which this version of aggregator does not know "
@@ -206,6 +206,7 @@ def _check_ours(connection: Connection) -> None:
         row = connection.execute(sa.text("SELECT value FROM aggregator_meta WHERE key = 'application'")).first()
         if row is not None and row[0] != APPLICATION:
             raise StoreError(f"database belongs to {row[0]!r}, not aggregator; refusing to touch it")
+    return current
 
 
 def make_data_dir(directory: Path) -> None:
@@ -266,8 +267,7 @@ def _upgrade(connection: Connection) -> None:
     # and `db upgrade` on a current database then cost a read of alembic_version.
     if connection.dialect.name == "postgresql":
         connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-    _check_ours(connection)
-    if _current_revision(connection) != head_revision():
+    if _check_ours(connection) != head_revision():
         from alembic import command
 
         command.upgrade(_alembic_config(connection), "head")
@@ -302,8 +302,7 @@ async def upgrade(engine: AsyncEngine) -> None:
 async def check_version(engine: AsyncEngine) -> str | None:
     """The schema revision of the database, after checking it is ours and not newer."""
     async with engine.connect() as conn:
-        await conn.run_sync(_check_ours)
-        return await conn.run_sync(_current_revision)
+        return await conn.run_sync(_check_ours)
 
 
 def _reason(exc: BaseException) -> str:
