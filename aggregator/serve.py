@@ -81,17 +81,17 @@ def prometheus_text(reports: list[dict[str, Any]], healthy: bool) -> str:
 
 def _index_page(rows: list[dict[str, Any]], token: str = "") -> str:
     """The top stories as HTML; `token` (as the page was asked with ?token=) is kept in its links."""
+    with_token = urlencode({"token": token}) if token else ""
 
-    def link(path: str, query: dict[str, str] | None = None) -> str:
-        params = {**(query or {}), **({"token": token} if token else {})}
-        href = path + ("?" + urlencode(params) if params or query is not None else "")
-        return f'<a href="{html.escape(href)}">{html.escape(path.lstrip("/") + ("?q=" if query else ""))}</a>'
+    def link(path: str) -> str:
+        href = f"{path}{'&' if '?' in path else '?'}{with_token}" if with_token else path
+        return f'<a href="{html.escape(href)}">{html.escape(path.lstrip("/"))}</a>'
 
-    paths = [link("/top.json"), link("/feed.atom"), link("/search.json", {"q": ""}), link("/sources.json")]
+    paths = ("/top.json", "/feed.atom", "/search.json?q=", "/sources.json", "/metrics", "/health")
     lines = [
         "<!doctype html><meta charset=utf-8><title>aggregator</title>",
         "<h1>aggregator: top stories</h1>",
-        f"<p>{' · '.join([*paths, link('/metrics'), link('/health')])}</p><ol>",
+        f"<p>{' · '.join(link(p) for p in paths)}</p><ol>",
     ]
     for r in rows:
         title = html.escape(r["title"])
@@ -266,12 +266,15 @@ class _MalformedRequests(logging.Filter):
         return True
 
 
+MALFORMED_REQUESTS = _MalformedRequests()
+
+
 async def serve(settings: Settings, host: str, port: int) -> int:
     """Serve until SIGTERM or SIGINT; exit status 0 after a clean stop."""
     from aiohttp import web
 
     store = await _open_read_only(settings)
-    logging.getLogger("aiohttp.server").addFilter(_MalformedRequests())
+    logging.getLogger("aiohttp.server").addFilter(MALFORMED_REQUESTS)  # once, however often serve runs
     runner = web.AppRunner(make_app(store, settings), access_log=log, access_log_format='%a "%r" %s %b %Tfs')
     try:
         await runner.setup()

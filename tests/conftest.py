@@ -122,28 +122,17 @@ def migrated_sqlite(tmp_path_factory: pytest.TempPathFactory) -> Path:
     A daemon that starts on a fresh file migrates it in a child process (about a second);
     one that starts on a copy of this file finds the schema current, as on every restart.
     """
-    from aggregator.store import engine as engine_mod
+    from aggregator.store import Store
 
     path = tmp_path_factory.mktemp("migrated") / "aggregator.db"
 
     async def migrate() -> None:
-        engine = engine_mod.make_engine(f"sqlite+aiosqlite:///{path}", busy_timeout_s=5, pool_size=1)
-        try:
-            await engine_mod.upgrade(engine)
-        finally:
-            await engine.dispose()
+        store = await Store.open(f"sqlite+aiosqlite:///{path}", upgrade=True)
+        await store.close()
 
     asyncio.run(migrate())
     assert not path.with_name(path.name + "-wal").exists()  # the last close checkpointed it
     return path
-
-
-def copy_migrated(template: Path, data_dir: Path) -> Path:
-    """Put a copy of the migrated template at `data_dir`/aggregator.db and return its path."""
-    data_dir.mkdir(parents=True, exist_ok=True)
-    target = data_dir / "aggregator.db"
-    shutil.copyfile(template, target)
-    return target
 
 
 @pytest.fixture
@@ -153,7 +142,10 @@ def premigrated(tmp_path: Path, migrated_sqlite: Path) -> Path:
     For tests about sources, polls and reports rather than migrations (tests/test_migrate.py
     covers those); it saves each daemon start the second a fresh file's migration takes.
     """
-    return copy_migrated(migrated_sqlite, tmp_path / "data")
+    target = tmp_path / "data" / "aggregator.db"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(migrated_sqlite, target)
+    return target
 
 
 def _pg_reachable() -> bool:
