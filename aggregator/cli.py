@@ -102,7 +102,7 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 )
         print(f"{len(results) - failed} of {len(results)} sources ok")
         return EXIT_FAILED if failed else EXIT_OK
-    return await Daemon(settings).run(args.source)
+    return await Daemon(settings, reload=lambda: load_checked(args.config)).run(args.source)
 
 
 async def _open_store(settings: Settings) -> Any:
@@ -408,11 +408,18 @@ COMMANDS = {
 }
 
 
+def load_checked(config: str | None) -> Settings:
+    """The settings as `--config`, the environment and the lookup order give them, checked
+    as a whole (ConfigError names the key)."""
+    settings = load_settings(config)
+    validate_sources(settings)
+    return settings
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_settings(args.config)
-        validate_sources(settings)
+        settings = load_checked(args.config)
     except ConfigError as exc:
         print(f"aggregator: settings error: {exc}", file=sys.stderr)
         return EXIT_USAGE

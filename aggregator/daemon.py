@@ -4,7 +4,8 @@ Jobs run on an AsyncIOScheduler in UTC. Each source job has coalesce=True,
 max_instances=1, jitter, and a misfire grace that is a fraction of its interval (the
 1 s default silently drops runs when the loop is busy). A restart resumes each source
 from its last poll. SIGTERM/SIGINT stop scheduling, let in-flight polls finish within
-the grace time or cancel them, wait for their writes, then close the store.
+the grace time or cancel them, wait for their writes, then close the store. SIGHUP
+re-reads the settings: the sources and `[score]` change at once, the rest at a restart.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
@@ -54,6 +56,11 @@ RETENTION_FIRST_DELAY_S = 600.0
 # A heartbeat write gives up after this long: a store that is down (PostgreSQL gone, a
 # SQLite lock held) must not hold up a shutdown; the beat only goes stale.
 HEARTBEAT_TIMEOUT_S = 5.0
+# What a SIGHUP changes in a running daemon: the sources (`[newsnow]` shapes their URLs)
+# and the score's weights, which every rescore reads afresh. Every other section is held
+# by a part built at start (the store's engine, the HTTP client, the scheduler's own
+# jobs, the logging) and changes at the next restart.
+RELOADED_SECTIONS = ("sources", "newsnow", "score")
 
 
 def utc_now() -> datetime:
@@ -147,8 +154,13 @@ async def run_once(settings: Settings, source_ids: Sequence[str] | None = None) 
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
+        """`reload` reads the settings again (from where these came) when SIGHUP arrives."""
         self.settings = settings
+        self._load_settings = reload
+        self._reload_task: asyncio.Task[bool] | None = None
+        self._source_ids: Sequence[str] | None = None
+        self.chosen: list[SourceSettings] = []
         self.stop_event = asyncio.Event()
         self.inflight: set[asyncio.Task[object]] = set()
         self._backed_off: dict[str, bool] = {}
@@ -284,10 +296,10 @@ class Daemon:
         except StoreError as exc:
             log.warning("heartbeat: %s", exc)
 
-    async def _heartbeat_job(self, source_ids: Sequence[str]) -> None:
+    async def _heartbeat_job(self) -> None:
         # Cancelled by the scheduler's shutdown: the final beat follows, nothing to report.
         with contextlib.suppress(asyncio.CancelledError):
-            await self._heartbeat(source_ids, running=True)
+            await self._heartbeat([s.id for s in self.chosen], running=True)
 
     async def _retention_job(self) -> None:
         assert self.ctx is not None
@@ -313,35 +325,8 @@ class Daemon:
         last_polls: dict[str, datetime | None],
         retry_at: dict[str, datetime | None] | None = None,
     ) -> None:
-        now = utc_now()
-        due_index = 0
-        for source in sources:
-            last = last_polls.get(source.id)
-            first = last + timedelta(seconds=source.interval_s) if last is not None else now
-            backoff_until = (retry_at or {}).get(source.id)
-            if backoff_until is not None and backoff_until > first:
-                first = backoff_until  # a failing source keeps its backoff (or Retry-After) across restarts
-            if first <= now:
-                # Due already: spread the backlog so a restart does not poll everything at once.
-                spread = min(self.settings.daemon.startup_spread, source.interval_s)
-                first = now + timedelta(seconds=random.uniform(0, spread) if due_index else 0)
-                due_index += 1
-            trigger = IntervalTrigger(
-                seconds=source.interval_s,
-                jitter=min(self.settings.daemon.jitter, source.interval_s / 4) or None,
-                timezone=UTC,
-            )
-            self.scheduler.add_job(
-                self._poll_job,
-                trigger,
-                args=[source],
-                id=source.id,
-                name=f"poll {source.id}",
-                coalesce=True,
-                max_instances=1,
-                misfire_grace_time=self._misfire_grace_s(source.interval_s),
-                next_run_time=first,
-            )
+        self.chosen = list(sources)
+        self._add_source_jobs(sources, last_polls, retry_at)
         fulltext = self.settings.fulltext
         if fulltext.enabled and fulltext.top > 0 and fulltext.every > 0:
             self._add_periodic("fulltext", self._fulltext_job, fulltext.every, min(fulltext.every, 60.0))
@@ -351,21 +336,164 @@ class Daemon:
         every = self.settings.daemon.rescore_every
         self._add_periodic("rescore", self._rescore_job, every, min(every, 5.0))
         beat_every = self.settings.health.heartbeat_every
-        self._add_periodic("heartbeat", self._heartbeat_job, beat_every, beat_every, tuple(s.id for s in sources))
+        self._add_periodic("heartbeat", self._heartbeat_job, beat_every, beat_every)
         retention = self.settings.retention
         if retention.every > 0:
             self._add_periodic(
                 "retention", self._retention_job, retention.every, min(retention.every, RETENTION_FIRST_DELAY_S)
             )
 
+    def _add_source_jobs(
+        self,
+        sources: Sequence[SourceSettings],
+        last_polls: dict[str, datetime | None],
+        retry_at: dict[str, datetime | None] | None = None,
+    ) -> None:
+        """One poll job per source, first due one interval after its last poll."""
+        now = utc_now()
+        due_index = 0
+        for source in sources:
+            first = self._resume_at(source, last_polls.get(source.id), (retry_at or {}).get(source.id), now)
+            if first <= now:
+                # Due already: spread the backlog so a restart does not poll everything at once.
+                spread = min(self.settings.daemon.startup_spread, source.interval_s)
+                first = now + timedelta(seconds=random.uniform(0, spread) if due_index else 0)
+                due_index += 1
+            self.scheduler.add_job(
+                self._poll_job,
+                self._trigger(source),
+                args=[source],
+                id=source.id,
+                name=f"poll {source.id}",
+                coalesce=True,
+                max_instances=1,
+                misfire_grace_time=self._misfire_grace_s(source.interval_s),
+                next_run_time=first,
+            )
+
+    @staticmethod
+    def _resume_at(
+        source: SourceSettings, last: datetime | None, backoff_until: datetime | None, now: datetime
+    ) -> datetime:
+        first = last + timedelta(seconds=source.interval_s) if last is not None else now
+        if backoff_until is not None and backoff_until > first:
+            first = backoff_until  # a failing source keeps its backoff (or Retry-After) across restarts
+        return first
+
+    def _trigger(self, source: SourceSettings) -> IntervalTrigger:
+        return IntervalTrigger(
+            seconds=source.interval_s,
+            jitter=min(self.settings.daemon.jitter, source.interval_s / 4) or None,
+            timezone=UTC,
+        )
+
+    async def _resume_points(self) -> tuple[dict[str, datetime | None], dict[str, datetime | None]]:
+        """Per source, its last poll and, while it is failing, when its backoff ends."""
+        assert self.ctx is not None
+        states = await self.ctx.store.source_states()
+        retry_at = {
+            r["id"]: r["next_attempt_at"] for r in await self.ctx.store.sources_status() if r["consecutive_failures"]
+        }
+        return {sid: st[1] for sid, st in states.items()}, retry_at
+
+    def _on_reload_signal(self) -> None:
+        if self.stop_event.is_set():
+            return
+        if self._reload_task is not None and not self._reload_task.done():
+            log.info("SIGHUP received: a reload is under way already; this one is ignored")
+            return
+        log.info("SIGHUP received: reloading the settings")
+        self._reload_task = asyncio.ensure_future(self._reload_job())
+
+    async def _reload_job(self) -> bool:
+        try:
+            return await self.reload()
+        except Exception:
+            log.exception("reload failed; the daemon goes on with the settings it has")
+            return False
+
+    async def reload(self) -> bool:
+        """Read the settings again and apply RELOADED_SECTIONS; False (nothing changed) when
+        the new settings are wrong or the store cannot take them."""
+        assert self.ctx is not None
+        if self._load_settings is None:
+            log.warning("reload: this daemon has no settings file to read again; nothing changed")
+            return False
+        try:
+            new = self._load_settings()
+            chosen = select_sources(new, self._source_ids)
+        except ConfigError as exc:
+            log.error("reload: settings error: %s; the daemon goes on with the settings it has", exc)
+            return False
+        old = self.settings
+        merged = old.model_copy(update={name: getattr(new, name) for name in RELOADED_SECTIONS})
+        before = {s.id: s for s in self.chosen}
+        after = {s.id: s for s in chosen}
+        added = [s for s in chosen if s.id not in before]
+        removed = [sid for sid in before if sid not in after]
+        changed = [s for s in chosen if s.id in before and s != before[s.id]]
+        retimed = [s for s in changed if s.interval_s != before[s.id].interval_s]
+        try:
+            await self.ctx.store.sync_sources(merged.sources, utc_now())
+            last_polls, retry_at = await self._resume_points()
+            if self.settings.daemon.leases:
+                for source in retimed:
+                    # The lease taken at the last poll holds the source for most of the old
+                    # interval; under a shorter one it would skip the polls now due.
+                    last = last_polls.get(source.id) or utc_now()
+                    until = last + timedelta(seconds=source.interval_s * LEASE_FRACTION)
+                    await self.ctx.store.shorten_lease(source.id, until)
+        except StoreError as exc:
+            log.error("reload: %s; the daemon goes on with the settings it has", exc)
+            return False
+        if self.stop_event.is_set():
+            return False  # stopping: the jobs are being shut down, not changed
+        self.settings = self.ctx.settings = merged
+        self.chosen = chosen
+        for sid in removed:
+            # A poll of it under way finishes and is stored; its job does not run again.
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(sid)
+            self._backed_off.pop(sid, None)
+        now = utc_now()
+        for source in changed:
+            job = self.scheduler.get_job(source.id)
+            if job is None:  # cannot happen while `before` holds it; scheduled afresh if it does
+                added.append(source)
+                continue
+            # The same job keeps running: a poll under way is never doubled by the change.
+            job.modify(args=[source], misfire_grace_time=self._misfire_grace_s(source.interval_s))
+            if source in retimed:
+                job.reschedule(self._trigger(source))
+                job.modify(next_run_time=max(now, self._resume_at(source, last_polls.get(source.id), None, now)))
+        self._add_source_jobs(added, last_polls, retry_at)
+
+        def ids(sources: Sequence[str]) -> str:
+            return f" ({', '.join(sources)})" if sources else ""
+
+        log.info(
+            "settings reloaded from %s: %d sources, %d added%s, %d removed%s, %d changed%s",
+            new.config_path or "the built-in defaults",
+            len(chosen),
+            len(added),
+            ids([s.id for s in added]),
+            len(removed),
+            ids(removed),
+            len(changed),
+            ids([s.id for s in changed]),
+        )
+        later = _changed_keys(old, new, skip=(*RELOADED_SECTIONS, "config_path"))
+        if later:
+            log.warning("reload: %s changed; that takes effect at the next restart", ", ".join(later))
+        return True
+
     def _add_periodic(
-        self, job_id: str, func: Callable[..., Awaitable[None]], every_s: float, first_in_s: float, *args: object
+        self, job_id: str, func: Callable[[], Awaitable[None]], every_s: float, first_in_s: float
     ) -> None:
         """A job of the daemon's own (not a source's): coalesced, one at a time, late by half a period at most."""
         self.scheduler.add_job(
             func,
             IntervalTrigger(seconds=every_s, timezone=UTC),
-            args=list(args) or None,
             id=job_id,
             coalesce=True,
             max_instances=1,
@@ -375,6 +503,7 @@ class Daemon:
 
     async def run(self, source_ids: Sequence[str] | None = None) -> int:
         settings = self.settings
+        self._source_ids = source_ids
         chosen = select_sources(settings, source_ids)
         lock = _lock_for(settings)
         if lock is not None:
@@ -385,28 +514,26 @@ class Daemon:
             store = await Store.from_settings(settings.store, upgrade=False)
             try:
                 self.ctx = await open_context(settings, store)
-                states = await store.source_states()
-                last_polls = {sid: st[1] for sid, st in states.items()}
-                retry_at = {
-                    r["id"]: r["next_attempt_at"] for r in await store.sources_status() if r["consecutive_failures"]
-                }
+                last_polls, retry_at = await self._resume_points()
                 loop = asyncio.get_running_loop()
                 for sig in (signal.SIGTERM, signal.SIGINT):
                     loop.add_signal_handler(sig, self._on_signal, sig)
                 self._schedule(chosen, last_polls, retry_at)
                 self.scheduler.start()
+                # Only now: a reload compares the new sources with the jobs scheduled.
+                loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
                 watchdog = start_watchdog(self.scheduler, utc_now)
                 await self._heartbeat([s.id for s in chosen], running=True)
                 log.info(
                     "daemon %s started: %d sources, store %s",
                     self.ctx.instance,
-                    len(chosen),
+                    len(self.chosen),
                     _safe_url(settings.store.effective_url),
                 )
                 await self.stop_event.wait()
                 await self._shutdown()
                 watchdog.stop()
-                await self._heartbeat([s.id for s in chosen], running=False)
+                await self._heartbeat([s.id for s in self.chosen], running=False)
             finally:
                 if self.ctx is not None:
                     await self.ctx.fetcher.aclose()
@@ -426,6 +553,10 @@ class Daemon:
         # Pause first: shutdown() would cancel the running jobs at once, and the polls in
         # flight would never get their grace time.
         self.scheduler.pause()
+        if self._reload_task is not None and not self._reload_task.done():
+            # A reload under way is a few small writes: let it end, not be cut off mid-way.
+            await asyncio.wait({self._reload_task}, timeout=HEARTBEAT_TIMEOUT_S)
+            self._reload_task.cancel()
         pending = set(self.inflight)
         if pending:
             log.info("waiting up to %.0fs for %d poll(s) in flight", self.settings.daemon.shutdown_grace, len(pending))
@@ -438,6 +569,21 @@ class Daemon:
         assert self.ctx is not None
         if self.ctx.writes:
             await asyncio.wait(set(self.ctx.writes), timeout=10.0)
+
+
+def _changed_keys(old: Settings, new: Settings, skip: Sequence[str]) -> list[str]:
+    """`section.key` for every setting that differs between `old` and `new`, outside `skip`."""
+    keys = []
+    for name in type(old).model_fields:
+        if name in skip or getattr(old, name) == getattr(new, name):
+            continue
+        section, other = getattr(old, name), getattr(new, name)
+        fields = getattr(type(section), "model_fields", None)
+        if fields is None:
+            keys.append(name)
+            continue
+        keys.extend(f"{name}.{key}" for key in fields if getattr(section, key) != getattr(other, key))
+    return keys
 
 
 def _safe_url(url: str) -> str:

@@ -147,6 +147,7 @@ def test_systemd_unit() -> None:
             unit.setdefault(key, []).append(value)
     assert unit["ExecStart"] == ["/opt/aggregator/bin/aggregator run"]
     assert unit["KillSignal"] == ["SIGTERM"] and unit["RestartPreventExitStatus"] == ["2"]
+    assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the daemon's SIGHUP re-reads the settings
     assert "AGGREGATOR_STORE__DATA_DIR=/var/lib/aggregator" in unit["Environment"]
     assert unit["StateDirectory"] == ["aggregator"] and unit["WorkingDirectory"] == ["/var/lib/aggregator"]
     assert unit["User"] == ["aggregator"]

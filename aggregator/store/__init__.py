@@ -554,6 +554,18 @@ class Store:
         except (OperationalError, DBAPIError, OSError) as exc:
             raise _store_error(exc, f"cannot renew the lease of {source_id}") from exc
 
+    async def shorten_lease(self, source_id: str, until: datetime) -> None:
+        """Bring a source's lease, whoever holds it, back to `until` if it runs longer."""
+        try:
+            async with self._begin() as conn:
+                await conn.execute(
+                    sources.update()
+                    .where(sources.c.id == source_id, sources.c.lease_until > until)
+                    .values(lease_until=until)
+                )
+        except (OperationalError, DBAPIError, OSError) as exc:
+            raise _store_error(exc, f"cannot shorten the lease of {source_id}") from exc
+
     async def claim_job(self, name: str, owner: str, now: datetime, hold_until: datetime) -> bool:
         """Run a fleet-wide job (rescore, export, retention) on one instance per period."""
         key = f"lease:{name}"

@@ -1,0 +1,141 @@
+"""SIGHUP: the running daemon (the real CLI in a subprocess) re-reads its settings."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import LoopbackServer, wait_for
+from tests.test_daemon import query, serve_defaults
+
+
+def write_settings(tmp_path: Path, server: LoopbackServer, sources: str, extra: str = "") -> Path:
+    path = tmp_path / "settings.toml"
+    path.write_text(
+        f'[store]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        '[daemon]\nrescore_every = "1m"\nstartup_spread = "0s"\njitter = "0s"\n\n'
+        f"{extra}\n{sources.format(url=server.url(''))}",
+        encoding="utf-8",
+    )
+    return path
+
+
+def source(source_id: str, interval: str, name: str = "") -> str:
+    path = {"weibo": "/api/s?id=weibo&latest", "zhihu": "/api/s?id=zhihu&latest", "baidu": "/api/s?id=baidu&latest"}
+    line = f'name = "{name}"\n' if name else ""
+    return (
+        f'[[sources]]\nid = "{source_id}"\nkind = "newsnow"\nurl = "{{url}}{path[source_id]}"\n'
+        f'interval = "{interval}"\n{line}\n'
+    )
+
+
+class Running:
+    """`aggregator run` on `config`, its log in a file that the test reads as it grows."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.log = log
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
+        with log.open("w") as err:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "aggregator", "--config", str(config), "run"],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                text=True,
+                env=env,
+            )
+
+    def text(self) -> str:
+        return self.log.read_text(encoding="utf-8")
+
+    def reload_and_wait(self, line: str) -> str:
+        """Send SIGHUP and wait for `line` in the log; the log's new part."""
+        seen = len(self.text())
+        self.proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: line in self.text()[seen:], timeout_s=20)
+        return self.text()[seen:]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=20)
+
+
+@pytest.fixture
+def running(premigrated: Path) -> Iterator[list[Running]]:
+    """The daemons a test starts (on the migrated store), killed at the end if still running."""
+    started: list[Running] = []
+    yield started
+    for r in started:
+        if r.proc.poll() is None:
+            r.proc.kill()
+            r.proc.wait()
+
+
+def polls(tmp_path: Path, source_id: str) -> int:
+    return int(query(tmp_path, f"SELECT count(*) FROM polls WHERE source_id = '{source_id}'")[0][0])  # type: ignore[call-overload]
+
+
+def test_sighup_adds_removes_and_changes_sources(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    serve_defaults(http_server)
+    config = write_settings(tmp_path, http_server, source("weibo", "2s") + source("zhihu", "1h", "Zhihu"))
+    daemon = Running(config, tmp_path / "daemon.log")
+    running.append(daemon)
+    wait_for(lambda: polls(tmp_path, "weibo") >= 2 and polls(tmp_path, "zhihu") >= 1, timeout_s=30)
+
+    # weibo goes, baidu comes, zhihu is renamed and polled every 2 s instead of every hour;
+    # a restart-only key and a live one change too.
+    write_settings(
+        tmp_path,
+        http_server,
+        source("zhihu", "2s", "知乎热榜") + source("baidu", "2s"),
+        extra='[http]\ntimeout = "15s"\n\n[score]\nheat_weight = 0.4\n',
+    )
+    new_log = daemon.reload_and_wait("settings reloaded")
+    weibo_at_reload = polls(tmp_path, "weibo")
+    assert "2 sources, 1 added (baidu), 1 removed (weibo), 1 changed (zhihu)" in new_log
+    assert "http.timeout changed; that takes effect at the next restart" in new_log
+    assert "score" not in new_log.split("takes effect")[0].rsplit("reload:", 1)[-1]
+
+    # zhihu at its new interval (an hour would mean no second poll) and baidu from now on.
+    wait_for(lambda: polls(tmp_path, "baidu") >= 3 and polls(tmp_path, "zhihu") >= 3, timeout_s=30)
+    # At 2 s, weibo would have been polled twice more; one poll under way at the reload may finish.
+    assert polls(tmp_path, "weibo") <= weibo_at_reload + 1
+    rows = dict(query(tmp_path, "SELECT id, enabled FROM sources"))
+    assert rows == {"weibo": 0, "zhihu": 1, "baidu": 1}
+    [(shown, interval)] = query(tmp_path, "SELECT display_name, interval_s FROM sources WHERE id = 'zhihu'")
+    assert "知乎热榜" in str(shown) and interval == 2.0
+    assert daemon.stop() == 0
+    assert "daemon stopped" in daemon.text()
+
+
+def test_sighup_with_broken_settings_keeps_the_running_ones(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    serve_defaults(http_server)
+    good = source("weibo", "2s")
+    config = write_settings(tmp_path, http_server, good)
+    daemon = Running(config, tmp_path / "daemon.log")
+    running.append(daemon)
+    wait_for(lambda: polls(tmp_path, "weibo") >= 1, timeout_s=30)
+
+    config.write_text(config.read_text(encoding="utf-8") + '[[sources]]\nid = "x"\nkind = "nope"\n', encoding="utf-8")
+    new_log = daemon.reload_and_wait("reload: settings error")
+    assert "sources[1](id=x).kind" in new_log and "goes on with the settings it has" in new_log
+    assert daemon.proc.poll() is None
+    before = polls(tmp_path, "weibo")
+    wait_for(lambda: polls(tmp_path, "weibo") >= before + 1, timeout_s=30)  # still polling
+
+    config.write_text("[store\n", encoding="utf-8")
+    assert "not valid TOML" in daemon.reload_and_wait("reload: settings error")
+
+    write_settings(tmp_path, http_server, good + source("baidu", "1h"))
+    assert "1 added (baidu), 0 removed, 0 changed" in daemon.reload_and_wait("settings reloaded")
+    wait_for(lambda: polls(tmp_path, "baidu") >= 1, timeout_s=30)
+    assert daemon.stop() == 0
