@@ -26,6 +26,23 @@ async def test_one_instance_per_interval_and_leases_lapse(store_url: str) -> Non
         await store.close()
 
 
+async def test_a_shorter_interval_shortens_the_lease_never_lengthens_it(store_url: str) -> None:
+    store = await Store.open(store_url)
+    try:
+        await store.sync_sources([SourceSettings(id="s", kind="newsnow", url="http://x", interval="1h")], T0)
+        held = T0 + timedelta(minutes=54)
+        assert await store.claim_source("s", "a", T0, held) is True
+        await store.shorten_lease("s", T0 + timedelta(hours=2))  # longer: left alone
+        assert {r["id"]: r for r in await store.sources_status()}["s"]["lease_until"] == held
+        short = T0 + timedelta(seconds=2)
+        await store.shorten_lease("s", short)
+        assert {r["id"]: r for r in await store.sources_status()}["s"]["lease_until"] == short
+        # Whoever held it, the source is due again under the new interval.
+        assert await store.claim_source("s", "b", short, short + timedelta(seconds=2)) is True
+    finally:
+        await store.close()
+
+
 async def test_job_lease(store_url: str) -> None:
     store = await Store.open(store_url)
     try:
