@@ -270,7 +270,7 @@ MALFORMED_REQUESTS = _MalformedRequests()
 
 
 async def serve(settings: Settings, host: str, port: int) -> int:
-    """Serve until SIGTERM or SIGINT; exit status 0 after a clean stop."""
+    """Serve until SIGTERM or SIGINT (SIGHUP is logged and ignored); exit status 0 after a clean stop."""
     from aiohttp import web
 
     store = await _open_read_only(settings)
@@ -297,6 +297,10 @@ async def serve(settings: Settings, host: str, port: int) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        # The daemon's reload signal must not stop serve when both get it (a whole compose
+        # project, a process group): serve reads its settings when it starts.
+        ignored = "SIGHUP received: serve reads its settings when it starts; restart it to change them"
+        loop.add_signal_handler(signal.SIGHUP, log.info, ignored)
         await stop.wait()
         log.info("stopping: no new requests, in-flight ones finish")
     finally:

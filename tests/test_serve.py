@@ -142,6 +142,10 @@ def test_top_feed_search_and_health(served: tuple[str, subprocess.Popen[bytes], 
         assert samples["aggregator_healthy"] == "0"  # no daemon has written a heartbeat here
         health = http.get("/health")
         assert health.status_code == 503 and "no heartbeat" in health.text
+        # `docker compose kill -s HUP` (to reload the daemon) reaches serve too: it keeps serving.
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "SIGHUP received" in out.read_text(errors="replace"), 10)
+        assert http.get("/top.json").status_code == 200 and proc.poll() is None
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
     log = out.read_text(errors="replace")
