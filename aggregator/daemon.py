@@ -465,7 +465,9 @@ class Daemon:
             job.modify(args=[source], misfire_grace_time=self._misfire_grace_s(source.interval_s))
             if source in retimed:
                 job.reschedule(self._trigger(source))
-                job.modify(next_run_time=max(now, self._resume_at(source, last_polls.get(source.id), None, now)))
+                # As at a restart: one new interval after the last poll, or later while backing off.
+                first = self._resume_at(source, last_polls.get(source.id), retry_at.get(source.id), now)
+                job.modify(next_run_time=max(now, first))
         self._add_source_jobs(added, last_polls, retry_at)
 
         def ids(sources: Sequence[str]) -> str:
