@@ -426,6 +426,16 @@ class Daemon:
             log.error("reload: settings error: %s; the daemon goes on with the settings it has", exc)
             return False
         old = self.settings
+        if new.config_path != old.config_path:
+            # ./settings.toml gone (deleted, or renamed away) would mean the built-in
+            # defaults: no sources at all. A reload never changes where the settings live.
+            log.error(
+                "reload: the settings came from %s at start but would now come from %s; "
+                "the daemon goes on with the settings it has",
+                old.config_path or "the built-in defaults",
+                new.config_path or "the built-in defaults (no settings file found)",
+            )
+            return False
         merged = old.model_copy(update={name: getattr(new, name) for name in RELOADED_SECTIONS})
         before = {s.id: s for s in self.chosen}
         after = {s.id: s for s in chosen}
@@ -455,6 +465,7 @@ class Daemon:
             with contextlib.suppress(JobLookupError):
                 self.scheduler.remove_job(sid)
             self._backed_off.pop(sid, None)
+            self.ctx.identities.pop(sid, None)  # its last list's identities, kept for the next poll
         now = utc_now()
         for source in changed:
             job = self.scheduler.get_job(source.id)

@@ -38,16 +38,19 @@ def source(source_id: str, interval: str, name: str = "") -> str:
 class Running:
     """`aggregator run` on `config`, its log in a file that the test reads as it grows."""
 
-    def __init__(self, config: Path, log: Path) -> None:
+    def __init__(self, config: Path, log: Path, found: bool = False) -> None:
+        """`found`: no --config, the daemon finds ./settings.toml in the config's directory."""
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
+        chosen = [] if found else ["--config", str(config)]
         with log.open("w") as err:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "aggregator", "--config", str(config), "run"],
+                [sys.executable, "-m", "aggregator", *chosen, "run"],
                 stdout=subprocess.DEVNULL,
                 stderr=err,
                 text=True,
                 env=env,
+                cwd=config.parent,
             )
 
     def text(self) -> str:
@@ -138,4 +141,22 @@ def test_sighup_with_broken_settings_keeps_the_running_ones(
     write_settings(tmp_path, http_server, good + source("baidu", "1h"))
     assert "1 added (baidu), 0 removed, 0 changed" in daemon.reload_and_wait("settings reloaded")
     wait_for(lambda: polls(tmp_path, "baidu") >= 1, timeout_s=30)
+    assert daemon.stop() == 0
+
+
+def test_sighup_after_settings_toml_went_away_keeps_the_sources(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    serve_defaults(http_server)
+    config = write_settings(tmp_path, http_server, source("weibo", "2s"))
+    daemon = Running(config, tmp_path / "daemon.log", found=True)
+    running.append(daemon)
+    wait_for(lambda: polls(tmp_path, "weibo") >= 1, timeout_s=30)
+    # Without it the lookup would end at the built-in defaults, which have no sources.
+    config.rename(tmp_path / "settings.toml.bak")
+    new_log = daemon.reload_and_wait("reload: the settings came from settings.toml at start")
+    assert "the built-in defaults (no settings file found)" in new_log
+    before = polls(tmp_path, "weibo")
+    wait_for(lambda: polls(tmp_path, "weibo") >= before + 1, timeout_s=30)  # still polled
+    assert query(tmp_path, "SELECT enabled FROM sources WHERE id = 'weibo'") == [(1,)]
     assert daemon.stop() == 0
