@@ -278,6 +278,45 @@ async def test_search_finds_every_word_literally_and_newest_first(
         await store.close()
 
 
+async def test_positions_by_id_are_the_views_positions(store_url: str) -> None:
+    """search's positions (store._positions) number the stories as ranked_items does: the
+    same order, ties included, and the same rows (a story whose item is gone is not ranked)."""
+    from aggregator.store import _positions
+
+    store = await open_store(store_url)
+    try:
+        await store.record_poll(poll_write("weibo", [f"微博 {i}" for i in range(30)], T0))
+        await store.record_poll(poll_write("zhihu", [f"知乎 {i}" for i in range(30)], T0))
+        await store.rescore(T0 + timedelta(minutes=1), ScoreSettings())
+        async with store.engine.begin() as conn:
+            # Ties on score and heat (the id decides), and a story whose item no longer exists.
+            ids = [r[0] for r in await conn.execute(sa.text("SELECT id FROM stories ORDER BY id LIMIT 6"))]
+            await conn.execute(
+                sa.text("UPDATE stories SET score = 50.0, heat = 1.0 WHERE id IN :ids").bindparams(
+                    sa.bindparam("ids", expanding=True)
+                ),
+                {"ids": ids[:5]},
+            )
+            await conn.execute(
+                sa.text(
+                    "INSERT INTO stories (id, title, item_id, first_seen_at, last_seen_at, source_count, heat, score) "
+                    "SELECT 1, 'orphan', -1, first_seen_at, last_seen_at, 1, 99.0, 99.0 FROM stories WHERE id = :id"
+                ),
+                {"id": ids[5]},
+            )
+        async with store.engine.connect() as conn:
+            view = {
+                int(r.story_id): int(r.position)
+                for r in await conn.execute(sa.text("SELECT story_id, position FROM ranked_items"))
+            }
+            every = [r[0] for r in await conn.execute(sa.text("SELECT id FROM stories"))]
+            assert 1 in every and 1 not in view and len(view) == 60
+            assert await _positions(conn, every) == view
+            assert await _positions(conn, ids[:2]) == {i: view[i] for i in ids[:2]}
+    finally:
+        await store.close()
+
+
 async def test_rescore_reads_from_the_latest_lists_not_from_every_item(tmp_path: Path) -> None:
     """SQLite's plan for rescore's read: the latest lists first, sorted afterwards. Ordered by
     the story column as it is, SQLite walks every item by its story index and looks up the
