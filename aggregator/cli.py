@@ -102,7 +102,7 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 )
         print(f"{len(results) - failed} of {len(results)} sources ok")
         return EXIT_FAILED if failed else EXIT_OK
-    return await Daemon(settings, reload=lambda: load_checked(args.config)).run(args.source)
+    return await Daemon(settings, reload=lambda: load_checked(args.config, args)).run(args.source)
 
 
 async def _open_store(settings: Settings) -> Any:
@@ -408,18 +408,25 @@ COMMANDS = {
 }
 
 
-def load_checked(config: str | None) -> Settings:
+def load_checked(config: str | None, args: argparse.Namespace | None = None) -> Settings:
     """The settings as `--config`, the environment and the lookup order give them, checked
-    as a whole (ConfigError names the key)."""
+    as a whole (ConfigError names the key); `--log-level` / `--log-format` in `args` win."""
     settings = load_settings(config)
     validate_sources(settings)
+    forced = {
+        key: value
+        for key, value in (("level", getattr(args, "log_level", None)), ("format", getattr(args, "log_format", None)))
+        if value
+    }
+    if forced:
+        settings = settings.model_copy(update={"log": settings.log.model_copy(update=forced)})
     return settings
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        settings = load_checked(args.config)
+        settings = load_checked(args.config, args)
     except ConfigError as exc:
         print(f"aggregator: settings error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -428,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from aggregator.daemon import instance_id
 
         instance = instance_id(settings)
-    setup_logging(args.log_level or settings.log.level, args.log_format or settings.log.format, instance)
+    setup_logging(settings.log.level, settings.log.format, instance)
     try:
         return asyncio.run(COMMANDS[args.command](settings, args))
     except ConfigError as exc:

@@ -5,7 +5,8 @@ max_instances=1, jitter, and a misfire grace that is a fraction of its interval 
 1 s default silently drops runs when the loop is busy). A restart resumes each source
 from its last poll. SIGTERM/SIGINT stop scheduling, let in-flight polls finish within
 the grace time or cancel them, wait for their writes, then close the store. SIGHUP
-re-reads the settings: the sources and `[score]` change at once, the rest at a restart.
+re-reads the settings: the sources, `[score]` and the log level change at once, the rest
+at a restart.
 """
 
 from __future__ import annotations
@@ -56,11 +57,12 @@ RETENTION_FIRST_DELAY_S = 600.0
 # A heartbeat write gives up after this long: a store that is down (PostgreSQL gone, a
 # SQLite lock held) must not hold up a shutdown; the beat only goes stale.
 HEARTBEAT_TIMEOUT_S = 5.0
-# What a SIGHUP changes in a running daemon: the sources (`[newsnow]` shapes their URLs)
-# and the score's weights, which every rescore reads afresh. Every other section is held
-# by a part built at start (the store's engine, the HTTP client, the scheduler's own
-# jobs, the logging) and changes at the next restart.
+# What a SIGHUP changes in a running daemon: the sources (`[newsnow]` shapes their URLs),
+# the score's weights, which every rescore reads afresh, and the log level. Everything
+# else is held by a part built at start (the store's engine, the HTTP client, the
+# scheduler's own jobs, the log format) and changes at the next restart.
 RELOADED_SECTIONS = ("sources", "newsnow", "score")
+RELOADED_KEYS = ("log.level",)
 
 
 def utc_now() -> datetime:
@@ -413,7 +415,7 @@ class Daemon:
             return False
 
     async def reload(self) -> bool:
-        """Read the settings again and apply RELOADED_SECTIONS; False (nothing changed) when
+        """Read the settings again and apply RELOADED_SECTIONS and RELOADED_KEYS; False (nothing changed) when
         the new settings are wrong or the store cannot take them."""
         assert self.ctx is not None
         if self._load_settings is None:
@@ -436,7 +438,12 @@ class Daemon:
                 new.config_path or "the built-in defaults (no settings file found)",
             )
             return False
-        merged = old.model_copy(update={name: getattr(new, name) for name in RELOADED_SECTIONS})
+        merged = old.model_copy(
+            update={
+                **{name: getattr(new, name) for name in RELOADED_SECTIONS},
+                "log": old.log.model_copy(update={"level": new.log.level}),
+            }
+        )
         before = {s.id: s for s in self.chosen}
         after = {s.id: s for s in chosen}
         added = [s for s in chosen if s.id not in before]
@@ -460,6 +467,9 @@ class Daemon:
             return False  # stopping: the jobs are being shut down, not changed
         self.settings = self.ctx.settings = merged
         self.chosen = chosen
+        if new.log.level != old.log.level:
+            logging.getLogger().setLevel(new.log.level)
+            log.warning("reload: log level %s (was %s)", new.log.level, old.log.level)
         for sid in removed:
             # A poll of it under way finishes and is stored; its job does not run again.
             with contextlib.suppress(JobLookupError):
@@ -495,7 +505,7 @@ class Daemon:
             len(changed),
             ids([s.id for s in changed]),
         )
-        later = _changed_keys(old, new, skip=(*RELOADED_SECTIONS, "config_path"))
+        later = _changed_keys(old, new, skip=(*RELOADED_SECTIONS, *RELOADED_KEYS, "config_path"))
         if later:
             log.warning("reload: %s changed; that takes effect at the next restart", ", ".join(later))
         return True
@@ -585,7 +595,8 @@ class Daemon:
 
 
 def _changed_keys(old: Settings, new: Settings, skip: Sequence[str]) -> list[str]:
-    """`section.key` for every setting that differs between `old` and `new`, outside `skip`."""
+    """`section.key` for every setting that differs between `old` and `new`, outside `skip`
+    (sections, or `section.key`)."""
     keys = []
     for name in type(old).model_fields:
         if name in skip or getattr(old, name) == getattr(new, name):
@@ -595,7 +606,11 @@ def _changed_keys(old: Settings, new: Settings, skip: Sequence[str]) -> list[str
         if fields is None:
             keys.append(name)
             continue
-        keys.extend(f"{name}.{key}" for key in fields if getattr(section, key) != getattr(other, key))
+        keys.extend(
+            f"{name}.{key}"
+            for key in fields
+            if getattr(section, key) != getattr(other, key) and f"{name}.{key}" not in skip
+        )
     return keys
 
 

@@ -98,16 +98,18 @@ def test_sighup_adds_removes_and_changes_sources(
         tmp_path,
         http_server,
         source("zhihu", "2s", "知乎热榜") + source("baidu", "2s"),
-        extra='[http]\ntimeout = "15s"\n\n[score]\nheat_weight = 0.4\n',
+        extra='[http]\ntimeout = "15s"\n\n[score]\nheat_weight = 0.4\n\n[log]\nlevel = "DEBUG"\nformat = "json"\n',
     )
     new_log = daemon.reload_and_wait("settings reloaded")
     weibo_at_reload = polls(tmp_path, "weibo")
     assert "2 sources, 1 added (baidu), 1 removed (weibo), 1 changed (zhihu)" in new_log
-    assert "http.timeout changed; that takes effect at the next restart" in new_log
-    assert "score" not in new_log.split("takes effect")[0].rsplit("reload:", 1)[-1]
+    # The log level changes at once; the format (and [http]) at the next restart.
+    assert "reload: log level DEBUG (was INFO)" in new_log
+    assert "http.timeout, log.format changed; that takes effect at the next restart" in new_log
 
     # zhihu at its new interval (an hour would mean no second poll) and baidu from now on.
     wait_for(lambda: polls(tmp_path, "baidu") >= 3 and polls(tmp_path, "zhihu") >= 3, timeout_s=30)
+    assert " DEBUG " in daemon.text().split("settings reloaded", 1)[1]
     # At 2 s, weibo would have been polled twice more; one poll under way at the reload may finish.
     assert polls(tmp_path, "weibo") <= weibo_at_reload + 1
     rows = dict(query(tmp_path, "SELECT id, enabled FROM sources"))
@@ -160,3 +162,16 @@ def test_sighup_after_settings_toml_went_away_keeps_the_sources(
     wait_for(lambda: polls(tmp_path, "weibo") >= before + 1, timeout_s=30)  # still polled
     assert query(tmp_path, "SELECT enabled FROM sources WHERE id = 'weibo'") == [(1,)]
     assert daemon.stop() == 0
+
+
+def test_command_line_log_options_win_at_start_and_at_every_reload(tmp_path: Path) -> None:
+    from argparse import Namespace
+
+    from aggregator.cli import load_checked
+
+    config = tmp_path / "settings.toml"
+    config.write_text('[log]\nlevel = "WARNING"\nformat = "json"\n', encoding="utf-8")
+    plain = load_checked(str(config), Namespace(log_level=None, log_format=None)).log
+    assert (plain.level, plain.format) == ("WARNING", "json")
+    forced = load_checked(str(config), Namespace(log_level="DEBUG", log_format=None)).log
+    assert (forced.level, forced.format) == ("DEBUG", "json")
