@@ -30,7 +30,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"aggregator {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the daemon (or poll once with --once)")
+    run = sub.add_parser(
+        "run",
+        help="run the daemon (or poll once with --once)",
+        description="Run the daemon until SIGTERM or SIGINT. SIGHUP re-reads the settings: the sources, "
+        "[score] and log.level change at once, the rest at the next restart.",
+    )
     run.add_argument("--once", action="store_true", help="poll each enabled source once and exit")
     run.add_argument("--source", action="append", metavar="ID", help="only this source (repeatable)")
 
