@@ -161,6 +161,7 @@ class Daemon:
         self.settings = settings
         self._load_settings = reload
         self._reload_task: asyncio.Task[bool] | None = None
+        self._reload_pending = False  # a SIGHUP came while the daemon was starting
         self._source_ids: Sequence[str] | None = None
         self.chosen: list[SourceSettings] = []
         self.stop_event = asyncio.Event()
@@ -528,44 +529,60 @@ class Daemon:
         settings = self.settings
         self._source_ids = source_ids
         chosen = select_sources(settings, source_ids)
+        # Until the jobs are scheduled a SIGHUP is remembered, not fatal (its default action):
+        # starting on a large store takes a while (the migration check, the story index), and
+        # a reload sent meanwhile runs as soon as the daemon is up.
+        previous_hup = signal.signal(signal.SIGHUP, self._hup_while_starting)
         lock = _lock_for(settings)
-        if lock is not None:
-            lock.acquire()
         try:
-            # The migrations run in a child process: Alembic never loads into the long-running daemon.
-            await upgrade_if_needed(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout)
-            store = await Store.from_settings(settings.store, upgrade=False)
-            try:
-                self.ctx = await open_context(settings, store)
-                last_polls, retry_at = await self._resume_points()
-                loop = asyncio.get_running_loop()
-                for sig in (signal.SIGTERM, signal.SIGINT):
-                    loop.add_signal_handler(sig, self._on_signal, sig)
-                self._schedule(chosen, last_polls, retry_at)
-                self.scheduler.start()
-                # Only now: a reload compares the new sources with the jobs scheduled.
-                loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
-                watchdog = start_watchdog(self.scheduler, utc_now)
-                await self._heartbeat([s.id for s in chosen], running=True)
-                log.info(
-                    "daemon %s started: %d sources, store %s",
-                    self.ctx.instance,
-                    len(self.chosen),
-                    _safe_url(settings.store.effective_url),
-                )
-                await self.stop_event.wait()
-                await self._shutdown()
-                watchdog.stop()
-                await self._heartbeat([s.id for s in self.chosen], running=False)
-            finally:
-                if self.ctx is not None:
-                    await self.ctx.fetcher.aclose()
-                await store.close()
+            if lock is not None:
+                lock.acquire()
+            await self._run(chosen)
         finally:
             if lock is not None:
                 lock.release()
+            signal.signal(signal.SIGHUP, previous_hup)
         log.info("daemon stopped")
         return 0
+
+    def _hup_while_starting(self, _signum: int, _frame: object) -> None:
+        self._reload_pending = True
+
+    async def _run(self, chosen: list[SourceSettings]) -> None:
+        settings = self.settings
+        # The migrations run in a child process: Alembic never loads into the long-running daemon.
+        await upgrade_if_needed(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout)
+        store = await Store.from_settings(settings.store, upgrade=False)
+        try:
+            self.ctx = await open_context(settings, store)
+            last_polls, retry_at = await self._resume_points()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self._on_signal, sig)
+            self._schedule(chosen, last_polls, retry_at)
+            self.scheduler.start()
+            # Only now: a reload compares the new sources with the jobs scheduled.
+            loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+            watchdog = start_watchdog(self.scheduler, utc_now)
+            await self._heartbeat([s.id for s in chosen], running=True)
+            log.info(
+                "daemon %s started: %d sources, store %s",
+                self.ctx.instance,
+                len(self.chosen),
+                _safe_url(settings.store.effective_url),
+            )
+            if self._reload_pending:
+                self._reload_pending = False
+                log.info("a SIGHUP came while the daemon was starting")
+                self._on_reload_signal()
+            await self.stop_event.wait()
+            await self._shutdown()
+            watchdog.stop()
+            await self._heartbeat([s.id for s in self.chosen], running=False)
+        finally:
+            if self.ctx is not None:
+                await self.ctx.fetcher.aclose()
+            await store.close()
 
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self.stop_event.is_set():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -175,3 +176,31 @@ def test_command_line_log_options_win_at_start_and_at_every_reload(tmp_path: Pat
     assert (plain.level, plain.format) == ("WARNING", "json")
     forced = load_checked(str(config), Namespace(log_level="DEBUG", log_format=None)).log
     assert (forced.level, forced.format) == ("DEBUG", "json")
+
+
+def test_a_sighup_while_starting_is_applied_once_started(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    serve_defaults(http_server)
+    config = write_settings(tmp_path, http_server, source("weibo", "1h"))
+    data = tmp_path / "data"
+    # Holding the write lock stops the daemon at its first write (its sources), before it
+    # schedules anything: the SIGHUP below surely comes while it starts.
+    db = sqlite3.connect(data / "aggregator.db", isolation_level=None)
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        daemon = Running(config, tmp_path / "daemon.log")
+        running.append(daemon)
+        lock = data / "aggregator.db.lock"
+        wait_for(lambda: lock.exists() and lock.read_text().strip() != "", timeout_s=30)
+        write_settings(tmp_path, http_server, source("weibo", "1h") + source("baidu", "1h"))
+        daemon.proc.send_signal(signal.SIGHUP)
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    wait_for(lambda: "settings reloaded" in daemon.text(), timeout_s=30)
+    text = daemon.text()
+    assert text.index(" started: ") < text.index("a SIGHUP came while the daemon was starting")
+    assert "1 added (baidu), 0 removed, 0 changed" in text
+    wait_for(lambda: polls(tmp_path, "baidu") >= 1, timeout_s=30)
+    assert daemon.stop() == 0
