@@ -418,11 +418,8 @@ def load_checked(config: str | None, args: argparse.Namespace | None = None) -> 
     as a whole (ConfigError names the key); `--log-level` / `--log-format` in `args` win."""
     settings = load_settings(config)
     validate_sources(settings)
-    forced = {
-        key: value
-        for key, value in (("level", getattr(args, "log_level", None)), ("format", getattr(args, "log_format", None)))
-        if value
-    }
+    forced = {} if args is None else {"level": args.log_level, "format": args.log_format}
+    forced = {key: value for key, value in forced.items() if value}
     if forced:
         settings = settings.model_copy(update={"log": settings.log.model_copy(update=forced)})
     return settings

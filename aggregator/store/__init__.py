@@ -544,27 +544,20 @@ class Store:
 
     async def hold_source(self, source_id: str, owner: str, until: datetime) -> None:
         """Set when the held source is next due (after a poll, or to back off)."""
-        try:
-            async with self._begin() as conn:
-                await conn.execute(
-                    sources.update()
-                    .where(sources.c.id == source_id, sources.c.lease_owner == owner)
-                    .values(lease_until=until)
-                )
-        except (OperationalError, DBAPIError, OSError) as exc:
-            raise _store_error(exc, f"cannot renew the lease of {source_id}") from exc
+        await self._set_lease(source_id, until, sources.c.lease_owner == owner, "renew")
 
     async def shorten_lease(self, source_id: str, until: datetime) -> None:
         """Bring a source's lease, whoever holds it, back to `until` if it runs longer."""
+        await self._set_lease(source_id, until, sources.c.lease_until > until, "shorten")
+
+    async def _set_lease(self, source_id: str, until: datetime, condition: Any, verb: str) -> None:
         try:
             async with self._begin() as conn:
                 await conn.execute(
-                    sources.update()
-                    .where(sources.c.id == source_id, sources.c.lease_until > until)
-                    .values(lease_until=until)
+                    sources.update().where(sources.c.id == source_id, condition).values(lease_until=until)
                 )
         except (OperationalError, DBAPIError, OSError) as exc:
-            raise _store_error(exc, f"cannot shorten the lease of {source_id}") from exc
+            raise _store_error(exc, f"cannot {verb} the lease of {source_id}") from exc
 
     async def claim_job(self, name: str, owner: str, now: datetime, hold_until: datetime) -> bool:
         """Run a fleet-wide job (rescore, export, retention) on one instance per period."""
