@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -101,15 +102,24 @@ def test_an_upgrade_imports_alembic_only_when_a_migration_is_pending(tmp_path: P
     assert not imports_alembic_to_open(db)  # current: a read of alembic_version, no Alembic
 
 
-def test_a_database_at_an_older_revision_is_migrated_to_head(tmp_path: Path) -> None:
+def at_revision(db: Path, revision: str) -> Path:
+    """A new SQLite store at `revision`, in WAL mode as the daemon leaves it."""
     from alembic import command
     from sqlalchemy import create_engine
 
-    db = tmp_path / "aggregator.db"
+    db.parent.mkdir(parents=True, exist_ok=True)
     sync = create_engine(f"sqlite:///{db}")
     with sync.begin() as conn:
-        command.upgrade(engine._alembic_config(conn), "0001")
+        command.upgrade(engine._alembic_config(conn), revision)
     sync.dispose()
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA journal_mode=WAL")
+    con.close()
+    return db
+
+
+def test_a_database_at_an_older_revision_is_migrated_to_head(tmp_path: Path) -> None:
+    db = at_revision(tmp_path / "aggregator.db", "0001")
     assert scalar(db, "SELECT version_num FROM alembic_version") == "0001"
     assert "content_status" not in item_columns(db)
     assert imports_alembic_to_open(db)
@@ -194,6 +204,24 @@ async def test_a_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
         await upgrade_in_child(url)
     assert str(failed.value) == "cannot open the database: unable to open database file"
     assert not (tmp_path / "aggregator.db").exists()
+
+
+async def test_a_migration_waits_for_another_writer_up_to_the_busy_timeout(tmp_path: Path) -> None:
+    # Alembic reads the revision before it writes: in a deferred transaction that failed at
+    # once with "database is locked" while a sqlite3 shell (say) held a write transaction.
+    db = at_revision(tmp_path / "aggregator.db", "0001")
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="database is locked"):
+            await upgrade_in_child(sqlite_url(db), busy_timeout_s=1.0)
+        assert time.monotonic() - started >= 1.0
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await upgrade_in_child(sqlite_url(db), busy_timeout_s=1.0)
+    assert scalar(db, "SELECT version_num FROM alembic_version") == engine.head_revision()
 
 
 def run_module(stdin: str) -> subprocess.CompletedProcess[str]:

@@ -288,9 +288,14 @@ def _now_text(connection: Connection) -> Any:
 
 
 async def upgrade(engine: AsyncEngine) -> None:
-    """Apply every pending migration (a no-op on an up-to-date database)."""
+    """Apply every pending migration (a no-op on an up-to-date database).
+
+    On SQLite the transaction takes the write lock at its BEGIN: Alembic reads the revision
+    before it writes, and a deferred transaction doing that while another connection writes
+    fails at once with "database is locked" instead of waiting for busy_timeout.
+    """
     try:
-        async with engine.connect() as conn:
+        async with engine.execution_options(sqlite_begin="IMMEDIATE").connect() as conn:
             await conn.run_sync(_upgrade)
             await conn.commit()
     except StoreError:
