@@ -1,5 +1,5 @@
 """`python -m aggregator` is the `aggregator` command."""
 
-from aggregator.cli import main
+from aggregator.entry import main
 
 raise SystemExit(main())

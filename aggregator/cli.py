@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from aggregator import __version__
 from aggregator.collectors import validate_sources
+from aggregator.entry import HeldSignals
 from aggregator.errors import ConfigError, StoreError
 from aggregator.export import FORMATS
 from aggregator.logs import setup_logging
@@ -107,7 +108,8 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                 )
         print(f"{len(results) - failed} of {len(results)} sources ok")
         return EXIT_FAILED if failed else EXIT_OK
-    return await Daemon(settings, reload=lambda: load_checked(args.config, args)).run(args.source)
+    daemon = Daemon(settings, reload=lambda: load_checked(args.config, args), early_signals=args.early_signals)
+    return await daemon.run(args.source)
 
 
 async def _open_store(settings: Settings) -> Any:
@@ -425,8 +427,25 @@ def load_checked(config: str | None, args: argparse.Namespace | None = None) -> 
     return settings
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, held: HeldSignals | None = None) -> int:
+    """The command `argv` (default: sys.argv); `held` are the signals the entry point holds
+    since the process began (see `aggregator.entry`)."""
     args = _parser().parse_args(argv)
+    daemon = args.command == "run" and not args.once
+    if held is None and daemon:
+        held = HeldSignals()
+    elif held is not None and not daemon:
+        held.release(deliver=True)
+        held = None
+    args.early_signals = held.received if held is not None else []
+    try:
+        return _main(args)
+    finally:
+        if held is not None:
+            held.release(deliver=False)  # the daemon has acted on them
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         settings = load_checked(args.config, args)
     except ConfigError as exc:

@@ -156,9 +156,16 @@ async def run_once(settings: Settings, source_ids: Sequence[str] | None = None) 
 
 
 class Daemon:
-    def __init__(self, settings: Settings, reload: Callable[[], Settings] | None = None) -> None:
-        """`reload` reads the settings again (from where these came) when SIGHUP arrives."""
+    def __init__(
+        self,
+        settings: Settings,
+        reload: Callable[[], Settings] | None = None,
+        early_signals: Sequence[int] = (),
+    ) -> None:
+        """`reload` reads the settings again (from where these came) when SIGHUP arrives;
+        `early_signals` are those that came before the daemon was made (see `cli.EarlySignals`)."""
         self.settings = settings
+        self._early_signals = early_signals
         self._load_settings = reload
         self._reload_task: asyncio.Task[bool] | None = None
         self._reload_pending = False  # a SIGHUP came while the daemon was starting
@@ -529,10 +536,16 @@ class Daemon:
         settings = self.settings
         self._source_ids = source_ids
         chosen = select_sources(settings, source_ids)
-        # Until the jobs are scheduled a SIGHUP is remembered, not fatal (its default action):
-        # starting on a large store takes a while (the migration check, the story index), and
-        # a reload sent meanwhile runs as soon as the daemon is up.
-        previous_hup = signal.signal(signal.SIGHUP, self._hup_while_starting)
+        # From the first moment, not only once the jobs are scheduled: starting on a large
+        # store takes a while (the migration check, the story index). A SIGTERM or SIGINT
+        # meanwhile ends the start after its current step, with exit status 0; a SIGHUP
+        # is remembered and carried out as soon as the daemon is up.
+        loop = asyncio.get_running_loop()
+        handlers = {signal.SIGTERM: self._on_signal, signal.SIGINT: self._on_signal, signal.SIGHUP: self._on_hup}
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler, sig)
+        for number in self._early_signals:
+            handlers[signal.Signals(number)](signal.Signals(number))
         lock = _lock_for(settings)
         try:
             if lock is not None:
@@ -541,28 +554,61 @@ class Daemon:
         finally:
             if lock is not None:
                 lock.release()
-            signal.signal(signal.SIGHUP, previous_hup)
+            for sig in handlers:
+                loop.remove_signal_handler(sig)
         log.info("daemon stopped")
         return 0
 
-    def _hup_while_starting(self, _signum: int, _frame: object) -> None:
-        self._reload_pending = True
+    def _on_hup(self, _sig: signal.Signals) -> None:
+        if self.scheduler.running:
+            self._on_reload_signal()
+        elif not self.stop_event.is_set():
+            self._reload_pending = True
+
+    async def _migrate(self) -> None:
+        """upgrade_if_needed; a stop asked for meanwhile gives them the shutdown grace to end
+        (a schema change is best not cut off), then cancels them: their transaction rolls back."""
+        settings = self.settings
+        migration = asyncio.ensure_future(
+            upgrade_if_needed(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout)
+        )
+        stop = asyncio.ensure_future(self.stop_event.wait())
+        try:
+            await asyncio.wait({migration, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not migration.done():
+                grace = settings.daemon.shutdown_grace
+                log.info("waiting up to %.0fs for the migrations under way", grace)
+                await asyncio.wait({migration}, timeout=grace)
+                if not migration.done():
+                    log.warning("migrations cancelled: nothing of them is kept; the next start runs them again")
+                    migration.cancel()
+                    await asyncio.wait({migration})
+                    return
+            migration.result()
+        finally:
+            stop.cancel()
+
+    def _stopped_while_starting(self, step: str) -> bool:
+        if self.stop_event.is_set():
+            log.info("stopped while starting, after %s: no source was polled", step)
+        return self.stop_event.is_set()
 
     async def _run(self, chosen: list[SourceSettings]) -> None:
         settings = self.settings
+        if self._stopped_while_starting("reading the settings"):
+            return
         # The migrations run in a child process: Alembic never loads into the long-running daemon.
-        await upgrade_if_needed(settings.store.effective_url, busy_timeout_s=settings.store.busy_timeout)
+        await self._migrate()
+        if self._stopped_while_starting("the migration check"):
+            return
         store = await Store.from_settings(settings.store, upgrade=False)
         try:
             self.ctx = await open_context(settings, store)
             last_polls, retry_at = await self._resume_points()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self._on_signal, sig)
+            if self._stopped_while_starting("opening the store and loading the story index"):
+                return
             self._schedule(chosen, last_polls, retry_at)
             self.scheduler.start()
-            # Only now: a reload compares the new sources with the jobs scheduled.
-            loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
             watchdog = start_watchdog(self.scheduler, utc_now)
             await self._heartbeat([s.id for s in chosen], running=True)
             log.info(
