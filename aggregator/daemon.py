@@ -41,6 +41,7 @@ from aggregator.store.engine import sqlite_path
 from aggregator.store.lock import DaemonLock
 from aggregator.store.maintenance import apply_retention, write_heartbeat
 from aggregator.store.migrate import upgrade_if_needed
+from aggregator.systemd import Notifier
 from aggregator.watchdog import start_watchdog
 
 log = logging.getLogger("aggregator.daemon")
@@ -177,6 +178,7 @@ class Daemon:
         self._index_refreshed_at = utc_now()
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.ctx: PollContext | None = None
+        self.notifier = Notifier()
 
     def _misfire_grace_s(self, interval_s: float) -> int:
         return max(1, int(interval_s * self.settings.daemon.misfire_fraction))
@@ -352,6 +354,8 @@ class Daemon:
             self._add_periodic(
                 "retention", self._retention_job, retention.every, min(retention.every, RETENTION_FIRST_DELAY_S)
             )
+        if self.notifier.watchdog_s:  # systemd's WatchdogSec=: a job, so a hung scheduler is noticed too
+            self._add_periodic("systemd-watchdog", self._systemd_watchdog, self.notifier.watchdog_s / 2, 0)
 
     def _add_source_jobs(
         self,
@@ -413,6 +417,7 @@ class Daemon:
             log.info("SIGHUP received: a reload is under way already; this one is ignored")
             return
         log.info("SIGHUP received: reloading the settings")
+        self.notifier.reloading()
         self._reload_task = asyncio.ensure_future(self._reload_job())
 
     async def _reload_job(self) -> bool:
@@ -421,6 +426,15 @@ class Daemon:
         except Exception:
             log.exception("reload failed; the daemon goes on with the settings it has")
             return False
+        finally:
+            self.notifier.ready(self._status())
+
+    def _status(self) -> str:
+        """The line `systemctl status` shows."""
+        return f"polling {len(self.chosen)} sources"
+
+    async def _systemd_watchdog(self) -> None:
+        self.notifier.watchdog()
 
     async def reload(self) -> bool:
         """Read the settings again and apply RELOADED_SECTIONS and RELOADED_KEYS; False (nothing changed) when
@@ -617,6 +631,7 @@ class Daemon:
                 len(self.chosen),
                 _safe_url(settings.store.effective_url),
             )
+            self.notifier.ready(self._status())
             if self._reload_pending:
                 self._reload_pending = False
                 log.info("a SIGHUP came while the daemon was starting")
@@ -633,6 +648,7 @@ class Daemon:
     def _on_signal(self, sig: signal.Signals) -> None:
         if not self.stop_event.is_set():
             log.info("%s received: stopping", sig.name)
+            self.notifier.stopping()
         self.stop_event.set()
 
     async def _shutdown(self) -> None:

@@ -148,6 +148,8 @@ def test_systemd_unit() -> None:
     assert unit["ExecStart"] == ["/opt/aggregator/bin/aggregator run"]
     assert unit["KillSignal"] == ["SIGTERM"] and unit["RestartPreventExitStatus"] == ["2"]
     assert unit["ExecReload"] == ["/bin/kill -HUP $MAINPID"]  # the daemon's SIGHUP re-reads the settings
+    # aggregator.systemd: READY=1, RELOADING=1, STOPPING=1 and WATCHDOG=1 pings.
+    assert unit["Type"] == ["notify"] and unit["WatchdogSec"] == ["2min"]
     assert "AGGREGATOR_STORE__DATA_DIR=/var/lib/aggregator" in unit["Environment"]
     assert unit["StateDirectory"] == ["aggregator"] and unit["WorkingDirectory"] == ["/var/lib/aggregator"]
     assert unit["User"] == ["aggregator"]

@@ -39,10 +39,11 @@ def source(source_id: str, interval: str, name: str = "") -> str:
 class Running:
     """`aggregator run` on `config`, its log in a file that the test reads as it grows."""
 
-    def __init__(self, config: Path, log: Path, found: bool = False) -> None:
-        """`found`: no --config, the daemon finds ./settings.toml in the config's directory."""
+    def __init__(self, config: Path, log: Path, found: bool = False, env: dict[str, str] | None = None) -> None:
+        """`found`: no --config, the daemon finds ./settings.toml in the config's directory;
+        `env`: variables added to its environment."""
         self.log = log
-        env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")} | (env or {})
         chosen = [] if found else ["--config", str(config)]
         with log.open("w") as err:
             self.proc = subprocess.Popen(
