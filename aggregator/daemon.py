@@ -33,7 +33,7 @@ from aggregator.collectors.fetch import make_fetcher
 from aggregator.errors import ConfigError, StoreError
 from aggregator.fulltext import run_fulltext
 from aggregator.health import Heartbeat
-from aggregator.models import PollResult
+from aggregator.models import PollResult, SourceState
 from aggregator.pipeline import PollContext, StoryAssigner, export_top, poll_deadline_s, poll_source
 from aggregator.settings import Settings, SourceSettings
 from aggregator.store import Store
@@ -364,15 +364,8 @@ class Daemon:
         retry_at: dict[str, datetime | None] | None = None,
     ) -> None:
         """One poll job per source, first due one interval after its last poll."""
-        now = utc_now()
-        due_index = 0
+        firsts = self._first_runs(sources, last_polls, retry_at or {})
         for source in sources:
-            first = self._resume_at(source, last_polls.get(source.id), (retry_at or {}).get(source.id), now)
-            if first <= now:
-                # Due already: spread the backlog so a restart does not poll everything at once.
-                spread = min(self.settings.daemon.startup_spread, source.interval_s)
-                first = now + timedelta(seconds=random.uniform(0, spread) if due_index else 0)
-                due_index += 1
             self.scheduler.add_job(
                 self._poll_job,
                 self._trigger(source),
@@ -382,8 +375,28 @@ class Daemon:
                 coalesce=True,
                 max_instances=1,
                 misfire_grace_time=self._misfire_grace_s(source.interval_s),
-                next_run_time=first,
+                next_run_time=firsts[source.id],
             )
+
+    def _first_runs(
+        self,
+        sources: Sequence[SourceSettings],
+        last_polls: dict[str, datetime | None],
+        retry_at: dict[str, datetime | None],
+    ) -> dict[str, datetime]:
+        """When each source is next due: one interval after its last poll, later while it backs
+        off; those due already are spread over daemon.startup_spread, not polled all at once."""
+        now = utc_now()
+        firsts = {}
+        due_index = 0
+        for source in sources:
+            first = self._resume_at(source, last_polls.get(source.id), retry_at.get(source.id), now)
+            if first <= now:
+                spread = min(self.settings.daemon.startup_spread, source.interval_s)
+                first = now + timedelta(seconds=random.uniform(0, spread) if due_index else 0)
+                due_index += 1
+            firsts[source.id] = first
+        return firsts
 
     @staticmethod
     def _resume_at(
@@ -472,6 +485,9 @@ class Daemon:
         removed = [sid for sid in before if sid not in after]
         changed = [s for s in chosen if s.id in before and s != before[s.id]]
         retimed = [s for s in changed if s.interval_s != before[s.id].interval_s]
+        # A new URL is a new list: polled now, as a new source is (sync_sources drops the old
+        # URL's validators, cookies, failures and lease).
+        moved = [s for s in changed if s.url != before[s.id].url]
         try:
             await self.ctx.store.sync_sources(merged.sources, utc_now())
             last_polls, retry_at = await self._resume_points()
@@ -498,7 +514,14 @@ class Daemon:
                 self.scheduler.remove_job(sid)
             self._backed_off.pop(sid, None)
             self.ctx.identities.pop(sid, None)  # its last list's identities, kept for the next poll
-        now = utc_now()
+        for source in moved:
+            # A poll of the old URL under way updates the object it holds, not this one.
+            self.ctx.states[source.id] = SourceState()
+            self.ctx.failures[source.id] = 0
+            self._backed_off.pop(source.id, None)
+            last_polls[source.id] = None
+        # As at a restart: one new interval after the last poll, or later while backing off.
+        firsts = self._first_runs([s for s in changed if s in retimed or s in moved], last_polls, retry_at)
         for source in changed:
             job = self.scheduler.get_job(source.id)
             if job is None:  # cannot happen while `before` holds it; scheduled afresh if it does
@@ -508,9 +531,8 @@ class Daemon:
             job.modify(args=[source], misfire_grace_time=self._misfire_grace_s(source.interval_s))
             if source in retimed:
                 job.reschedule(self._trigger(source))
-                # As at a restart: one new interval after the last poll, or later while backing off.
-                first = self._resume_at(source, last_polls.get(source.id), retry_at.get(source.id), now)
-                job.modify(next_run_time=max(now, first))
+            if source.id in firsts:
+                job.modify(next_run_time=firsts[source.id])
         self._add_source_jobs(added, last_polls, retry_at)
 
         def ids(sources: Sequence[str]) -> str:

@@ -8,11 +8,12 @@ import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import LoopbackServer, wait_for
+from tests.conftest import DATA, LoopbackServer, wait_for
 from tests.test_daemon import query, serve_defaults
 
 
@@ -204,4 +205,52 @@ def test_a_sighup_while_starting_is_applied_once_started(
     assert text.index(" started: ") < text.index("a SIGHUP came while the daemon was starting")
     assert "1 added (baidu), 0 removed, 0 changed" in text
     wait_for(lambda: polls(tmp_path, "baidu") >= 1, timeout_s=30)
+    assert daemon.stop() == 0
+
+
+def test_a_source_given_a_new_url_is_polled_at_once_without_the_old_validators(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    http_server.route(
+        "/a.rss",
+        (DATA / "feed" / "rss.xml").read_bytes(),
+        headers={
+            "Content-Type": "application/rss+xml",
+            "ETag": '"a1"',
+            "Last-Modified": "Wed, 02 Dec 2026 08:00:00 GMT",
+            "Set-Cookie": "sid=site-a; Path=/",
+        },
+    )
+    atom = (DATA / "feed" / "atom.xml").read_bytes()
+
+    def conditional(handler: BaseHTTPRequestHandler) -> None:
+        # A server whose content is older than the old URL's Last-Modified: with the old
+        # validators it would answer 304 and the new list would never be read.
+        asked = handler.headers.get("If-None-Match") or handler.headers.get("If-Modified-Since")
+        handler.send_response(304 if asked else 200)
+        handler.send_header("Content-Type", "application/atom+xml")
+        handler.send_header("Content-Length", "0" if asked else str(len(atom)))
+        handler.end_headers()
+        if not asked:
+            handler.wfile.write(atom)
+
+    http_server.route("/b.atom", handler=conditional)
+    feed = '[[sources]]\nid = "news"\nkind = "feed"\nurl = "{url}/%s"\ninterval = "1h"\n\n'
+    config = write_settings(tmp_path, http_server, feed % "a.rss")
+    daemon = Running(config, tmp_path / "daemon.log")
+    running.append(daemon)
+    wait_for(lambda: polls(tmp_path, "news") >= 1, timeout_s=30)
+
+    write_settings(tmp_path, http_server, feed % "b.atom")
+    assert "1 changed (news)" in daemon.reload_and_wait("settings reloaded")
+    # Due again in an hour at the old URL; the new one is polled now.
+    wait_for(lambda: polls(tmp_path, "news") >= 2, timeout_s=30)
+    [(_path, headers)] = [r for r in http_server.requests if r[0] == "/b.atom"]
+    assert not {"if-none-match", "if-modified-since", "cookie"} & set(headers)
+    [(status, count)] = query(
+        tmp_path, "SELECT status, item_count FROM polls WHERE source_id = 'news' ORDER BY id DESC LIMIT 1"
+    )
+    assert status == "ok" and count > 0
+    [(etag, cookies)] = query(tmp_path, "SELECT etag, cookies FROM sources WHERE id = 'news'")
+    assert etag is None and "site-a" not in str(cookies)
     assert daemon.stop() == 0

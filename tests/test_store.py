@@ -155,6 +155,48 @@ async def test_failed_poll_keeps_the_previous_list(store_url: str) -> None:
         await store.close()
 
 
+async def test_a_source_whose_url_changed_starts_afresh(store_url: str) -> None:
+    store = await open_store(store_url)
+    try:
+        at = T0 + timedelta(minutes=2)
+        for source_id in ("weibo", "zhihu"):
+            failed = PollWrite(
+                source_id,
+                at,
+                at,
+                "error",
+                503,
+                error_kind="http_5xx",
+                error="HTTP 503",
+                source_update=SourceUpdate(
+                    consecutive_failures=3,
+                    next_attempt_at=at + timedelta(hours=1),
+                    conditional=('"v1"', "Tue, 01 Dec 2026 08:00:00 GMT"),
+                    cookies={"sid": "old-site"},
+                ),
+            )
+            await store.record_poll(failed)
+            assert await store.claim_source(source_id, "vm:1", at, at + timedelta(minutes=1))
+        # zhihu moves to another address; weibo's row is written again as it is.
+        moved = [SOURCES[0], SOURCES[1].model_copy(update={"url": "http://mirror/zhihu"})]
+        await store.sync_sources(moved, at)
+        states = await store.source_states()
+        assert states["weibo"][0].etag == '"v1"' and states["weibo"][0].cookies == {"sid": "old-site"}
+        assert states["weibo"][2] == 3
+        zhihu, _last, failures = states["zhihu"]
+        assert (zhihu.etag, zhihu.last_modified, zhihu.cookies, failures) == (None, None, {}, 0)
+        async with store.engine.connect() as conn:
+            rows = (
+                await conn.execute(sa.text("SELECT id, url, next_attempt_at, lease_until FROM sources ORDER BY id"))
+            ).all()
+        assert [(r.id, r.url, r.next_attempt_at is None, r.lease_until is None) for r in rows] == [
+            ("weibo", "http://x/weibo", False, False),
+            ("zhihu", "http://mirror/zhihu", True, True),
+        ]
+    finally:
+        await store.close()
+
+
 async def test_rescore_stores_the_heats_and_scores_explain_computes(store_url: str) -> None:
     """`rescore` scores story by story as it reads; `explain` holds every story's terms. They agree."""
     store = await open_store(store_url)

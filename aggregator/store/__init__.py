@@ -241,9 +241,17 @@ class Store:
                         "category",
                         "updated_at",
                     )
+                    # A source whose URL changed starts afresh: the old URL's validators would
+                    # make the new one answer 304 (If-Modified-Since a later date), its cookies
+                    # belong to another site, and its failures and lease to the old address.
+                    same_url = sources.c.url == ins.excluded.url
+                    fresh = {
+                        column: sa.case((same_url, sources.c[column]), else_=reset)
+                        for column, reset in SOURCE_STATE_RESET.items()
+                    }
                     await conn.execute(
                         ins.on_conflict_do_update(
-                            index_elements=[sources.c.id], set_={k: ins.excluded[k] for k in keep}
+                            index_elements=[sources.c.id], set_={**{k: ins.excluded[k] for k in keep}, **fresh}
                         ),
                         rows,
                     )
@@ -999,6 +1007,18 @@ def _failing_since(source: sa.Table) -> Any:
     )
     at = polls.alias("p_at")
     return sa.select(at.c.finished_at).where(at.c.id == first_bad).scalar_subquery()
+
+
+# What a source carries for its URL, and what it becomes when the URL changes.
+SOURCE_STATE_RESET: dict[str, Any] = {
+    "etag": None,
+    "last_modified": None,
+    "cookies": None,
+    "consecutive_failures": 0,
+    "next_attempt_at": None,
+    "lease_owner": None,
+    "lease_until": None,
+}
 
 
 def _upsert(conn: AsyncConnection, table: sa.Table) -> Any:
