@@ -67,9 +67,11 @@ class StoryAssigner:
 
     def _remember(self, item_id: int, entry: tuple[int, int, datetime]) -> None:
         known = self.known
+        # Last seen last: the dict's order is then least recently seen first, like the index's.
+        known.pop(item_id, None)
         known[item_id] = entry
         if self.max_stories and len(known) > KNOWN_PER_STORY * self.max_stories:
-            # The first remembered goes: if it is still listed, its next poll writes it again.
+            # The one seen least recently goes: if it comes back, that poll writes it again.
             del known[next(iter(known))]
         if self.index.evicted and not self._warned_full:
             self._warned_full = True

@@ -320,10 +320,27 @@ def test_the_assigner_with_a_cap_bounds_what_it_remembers_and_says_so(caplog: py
             assert write == [True]
             assigner.commit(items, story_ids, write, {}, NOW + timedelta(minutes=n))
     assert len(assigner.index) == 2
-    assert len(assigner.known) == 4 * 2  # the first remembered went first
+    assert len(assigner.known) == 4 * 2  # the ones seen least recently went
     warnings = [r for r in caplog.records if "story index is full" in r.getMessage()]
     assert len(warnings) == 1 and "dedupe.max_stories = 2" in warnings[0].getMessage()
     # An item it forgot is written again (the store keeps its story), one it remembers is not.
     first, _ = normalize_items("weibo", [RawItem(title="第0条完全不同的热搜 一")])
     last, _ = normalize_items("weibo", [RawItem(title=f"第11条完全不同的热搜 {chr(0x4E00 + 97 * 11)}")])
     assert assigner.assign(first + last, NOW + timedelta(minutes=13))[1] == [True, False]
+
+
+def test_an_item_listed_at_every_poll_stays_known_when_the_cap_is_reached() -> None:
+    assigner = StoryAssigner(window_s=3600, max_stories=1)  # remembers 4 items
+    hot, _ = normalize_items("weibo", [RawItem(title="一直在榜上的热搜")])
+
+    def poll(n: int, titles: list[str]) -> list[bool]:
+        items, _ = normalize_items("weibo", [RawItem(title=t) for t in titles])
+        at = NOW + timedelta(minutes=n)
+        story_ids, write = assigner.assign(items, at)
+        assigner.commit(items, story_ids, write, {}, at)
+        return write
+
+    assert poll(0, ["一直在榜上的热搜"]) == [True]
+    for n in range(1, 10):  # each poll: the hot item again and one that comes and goes
+        assert poll(n, ["一直在榜上的热搜", f"第{n}条昙花一现 {chr(0x4E00 + 211 * n)}"]) == [False, True]
+    assert hot[0].item_id in assigner.known and len(assigner.known) == 4
