@@ -319,7 +319,7 @@ async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     port = settings.serve.port if args.port is None else args.port
     if not 0 <= port <= 65535:
         raise ConfigError("--port", f"must be from 0 to 65535, not {port}")
-    return await serve(settings, args.host or settings.serve.host, port)
+    return await serve(settings, args.host or settings.serve.host, port, early_signals=args.early_signals)
 
 
 async def _cmd_db_backup(settings: Settings, args: argparse.Namespace) -> int:
@@ -431,7 +431,8 @@ def main(argv: Sequence[str] | None = None, held: HeldSignals | None = None) -> 
     """The command `argv` (default: sys.argv); `held` are the signals the entry point holds
     since the process began (see `aggregator.entry`)."""
     args = _parser().parse_args(argv)
-    daemon = args.command == "run" and not args.once
+    # The long-running ones act on the signals themselves, from their first moment.
+    daemon = (args.command == "run" and not args.once) or args.command == "serve"
     if held is None and daemon:
         held = HeldSignals()
     elif held is not None and not daemon:
@@ -442,7 +443,7 @@ def main(argv: Sequence[str] | None = None, held: HeldSignals | None = None) -> 
         return _main(args)
     finally:
         if held is not None:
-            held.release(deliver=False)  # the daemon has acted on them
+            held.release(deliver=False)  # the daemon (or serve) has acted on them
 
 
 def _main(args: argparse.Namespace) -> int:

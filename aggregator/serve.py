@@ -9,13 +9,14 @@ no other package.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import hmac
 import html
 import ipaddress
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
@@ -269,8 +270,35 @@ class _MalformedRequests(logging.Filter):
 MALFORMED_REQUESTS = _MalformedRequests()
 
 
-async def serve(settings: Settings, host: str, port: int) -> int:
-    """Serve until SIGTERM or SIGINT (SIGHUP is logged and ignored); exit status 0 after a clean stop."""
+async def serve(settings: Settings, host: str, port: int, early_signals: Sequence[int] = ()) -> int:
+    """Serve until SIGTERM or SIGINT (SIGHUP is logged and ignored); exit status 0 after a clean stop.
+
+    `early_signals` came before (see `aggregator.entry`): a stop among them ends serve
+    right after its start, as one during the start does."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # The daemon's reload signal must not stop serve when both get it (a whole compose
+    # project, a process group): serve reads its settings when it starts.
+    ignored = "SIGHUP received: serve reads its settings when it starts; restart it to change them"
+    actions: dict[int, Callable[[], None]] = {
+        signal.SIGTERM: stop.set,
+        signal.SIGINT: stop.set,
+        signal.SIGHUP: functools.partial(log.info, ignored),
+    }
+    for sig, action in actions.items():
+        loop.add_signal_handler(sig, action)
+    for number in early_signals:
+        actions[number]()
+    try:
+        await _serve_until(stop, settings, host, port)
+    finally:
+        for sig in actions:
+            loop.remove_signal_handler(sig)
+    log.info("serve stopped")
+    return 0
+
+
+async def _serve_until(stop: asyncio.Event, settings: Settings, host: str, port: int) -> None:
     from aiohttp import web
 
     store = await _open_read_only(settings)
@@ -293,18 +321,8 @@ async def serve(settings: Settings, host: str, port: int) -> int:
             shown = f"[{address[0]}]" if ":" in str(address[0]) else address[0]
             log.info("serving on http://%s:%s/", shown, address[1])
             print(f"serving on http://{shown}:{address[1]}/", flush=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        # The daemon's reload signal must not stop serve when both get it (a whole compose
-        # project, a process group): serve reads its settings when it starts.
-        ignored = "SIGHUP received: serve reads its settings when it starts; restart it to change them"
-        loop.add_signal_handler(signal.SIGHUP, log.info, ignored)
         await stop.wait()
         log.info("stopping: no new requests, in-flight ones finish")
     finally:
         await runner.cleanup()
         await store.close()
-    log.info("serve stopped")
-    return 0

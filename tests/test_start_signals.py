@@ -162,3 +162,33 @@ def test_a_stop_during_the_migrations_waits_the_grace_then_cancels_them(
     assert "migrations cancelled" in text and "stopped while starting" in text
     assert not Path(f"/proc/{child}").exists()
     assert query(tmp_path, "SELECT version_num FROM alembic_version") == [("0001",)]
+
+
+def test_serve_holds_them_from_its_first_moment_too(tmp_path: Path, premigrated: Path) -> None:
+    from tests.test_serve import start_serve
+
+    config = tmp_path / "settings.toml"
+    config.write_text(f'[store]\ndata_dir = "{premigrated.parent}"\n', encoding="utf-8")
+    out = tmp_path / "serve.out"
+    proc = start_serve(config, out, "--port", "0")
+    try:
+        wait_for(lambda: catches(proc.pid, signal.SIGHUP), timeout_s=20)
+        # The daemon's reload signal, sent to a whole compose project as serve starts.
+        proc.send_signal(signal.SIGHUP)
+        wait_for(lambda: "serving on http://" in out.read_text(errors="replace") or proc.poll() is not None, 30)
+        assert proc.poll() is None
+        assert "SIGHUP received: serve reads its settings when it starts" in out.read_text(errors="replace")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    again = start_serve(config, tmp_path / "again.out", "--port", "0")
+    try:
+        wait_for(lambda: catches(again.pid, signal.SIGTERM), timeout_s=20)
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=20) == 0
+    finally:
+        if again.poll() is None:
+            again.kill()
+    assert "serve stopped" in (tmp_path / "again.out").read_text(errors="replace")
