@@ -34,7 +34,7 @@ from aggregator.errors import ConfigError, StoreError
 from aggregator.fulltext import run_fulltext
 from aggregator.health import Heartbeat
 from aggregator.models import PollResult, SourceState
-from aggregator.pipeline import PollContext, StoryAssigner, export_top, poll_deadline_s, poll_source
+from aggregator.pipeline import PollContext, StoryAssigner, export_top, moved, poll_deadline_s, poll_source
 from aggregator.settings import Settings, SourceSettings
 from aggregator.store import Store
 from aggregator.store.engine import sqlite_path
@@ -202,6 +202,13 @@ class Daemon:
             job = self.scheduler.get_job(source.id)
             if job is None:
                 return
+            if moved(self.ctx, source):
+                # A reload gave the source a new URL while this poll of the old one ran: its
+                # first poll, due at once, was skipped (one poll of a source at a time). It
+                # runs once this job's run has ended, which the scheduler counts in a
+                # callback of this task added before any of ours.
+                task.add_done_callback(lambda _task: self._poll_now(source.id))
+                return
             if result.status == "error" and result.next_attempt_at is not None:
                 job.modify(next_run_time=result.next_attempt_at)
             elif self._backed_off.pop(source.id, False):
@@ -215,6 +222,11 @@ class Daemon:
             log.info("poll %s cancelled by the shutdown", source.id)
         finally:
             self.inflight.discard(task)
+
+    def _poll_now(self, source_id: str) -> None:
+        job = self.scheduler.get_job(source_id)
+        if job is not None and not self.stop_event.is_set():
+            job.modify(next_run_time=utc_now())
 
     async def _claim(self, source: SourceSettings) -> bool:
         """Take this interval's poll of `source` for this instance (see Store.claim_source)."""

@@ -219,10 +219,14 @@ async def _fail(
     finished = ctx.clock()
     failures = ctx.failures.get(source.id, 0) + 1
     delay = retry_delay_s(source.interval_s, failures, retry_after_s)
-    next_at = finished + timedelta(seconds=delay)
-    update = SourceUpdate(
+    next_at: datetime | None = finished + timedelta(seconds=delay)
+    update: SourceUpdate | None = SourceUpdate(
         consecutive_failures=failures, error_kind=kind, error=message, failed_at=finished, next_attempt_at=next_at
     )
+    if moved(ctx, source):
+        # The old address failed: the poll row says so, but the source at its new one owes
+        # it no failure count and no backoff.
+        update, next_at, failures = None, None, ctx.failures.get(source.id, 0)
     w = PollWrite(
         source.id,
         started,
@@ -241,14 +245,19 @@ async def _fail(
     except StoreError as exc:
         log.warning("poll %s: the failed poll could not be recorded either: %s", source.id, exc)
     ctx.failures[source.id] = failures
-    log.warning(
-        "poll %s failed (%d in a row, next try %s): %s: %s",
-        source.id,
-        failures,
-        next_at.strftime("%H:%M:%SZ"),
-        kind,
-        message,
-    )
+    if next_at is None:
+        log.warning(
+            "poll %s failed at the URL it has left (its new one is polled next): %s: %s", source.id, kind, message
+        )
+    else:
+        log.warning(
+            "poll %s failed (%d in a row, next try %s): %s: %s",
+            source.id,
+            failures,
+            next_at.strftime("%H:%M:%SZ"),
+            kind,
+            message,
+        )
     return PollResult(
         source.id,
         poll_id,
@@ -265,6 +274,11 @@ async def _fail(
         failures,
         next_at,
     )
+
+
+def moved(ctx: PollContext, source: SourceSettings) -> bool:
+    """Whether the source's URL changed (a reload) since this poll of `source` began."""
+    return any(s.id == source.id and s.url != source.url for s in ctx.settings.sources)
 
 
 def poll_deadline_s(source: SourceSettings, settings: Settings) -> float:
@@ -333,7 +347,8 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
             story_ids,
             write,
             dropped,
-            source_update=_state_update(state, collected, recovered),
+            # What a poll of an address the source has left learnt is not the source's state.
+            source_update=None if moved(ctx, source) else _state_update(state, collected, recovered),
             instance=ctx.instance,
         )
         task = _start_write(ctx, w)

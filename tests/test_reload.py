@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -253,4 +254,41 @@ def test_a_source_given_a_new_url_is_polled_at_once_without_the_old_validators(
     assert status == "ok" and count > 0
     [(etag, cookies)] = query(tmp_path, "SELECT etag, cookies FROM sources WHERE id = 'news'")
     assert etag is None and "site-a" not in str(cookies)
+    assert daemon.stop() == 0
+
+
+def test_a_url_changed_during_a_poll_of_the_old_one_is_polled_once_that_poll_ends(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    release = threading.Event()
+
+    def hanging(handler: BaseHTTPRequestHandler) -> None:
+        release.wait(30)
+        handler.send_response(500)
+        handler.send_header("Content-Length", "0")
+        handler.end_headers()
+
+    http_server.route("/old", handler=hanging)
+    http_server.serve_file("/new", "newsnow/weibo.json")
+    moving = '[[sources]]\nid = "weibo"\nkind = "newsnow"\nurl = "{url}/%s"\ninterval = "1h"\n\n'
+    config = write_settings(tmp_path, http_server, moving % "old")
+    daemon = Running(config, tmp_path / "daemon.log")
+    running.append(daemon)
+    try:
+        wait_for(lambda: http_server.hits["/old"] == 1, timeout_s=30)
+        write_settings(tmp_path, http_server, moving % "new")
+        assert "1 changed (weibo)" in daemon.reload_and_wait("settings reloaded")
+    finally:
+        release.set()  # the old address fails now, after the reload
+    wait_for(lambda: polls(tmp_path, "weibo") >= 2, timeout_s=30)
+    rows = query(tmp_path, "SELECT status, http_status FROM polls WHERE source_id = 'weibo' ORDER BY id")
+    assert rows == [("error", 500), ("ok", 200)]
+    # The old address's failure is history, not the source's: no failure count, no backoff.
+    [(failures, next_attempt)] = query(
+        tmp_path, "SELECT consecutive_failures, next_attempt_at FROM sources WHERE id = 'weibo'"
+    )
+    assert failures == 0 and next_attempt is None
+    assert (
+        http_server.hits["/new"] == 1 and "failed at the URL it has left (its new one is polled next)" in daemon.text()
+    )
     assert daemon.stop() == 0
