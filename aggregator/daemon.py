@@ -37,7 +37,7 @@ from aggregator.models import PollResult, SourceState
 from aggregator.pipeline import PollContext, StoryAssigner, export_top, moved, poll_deadline_s, poll_source
 from aggregator.settings import Settings, SourceSettings
 from aggregator.store import Store
-from aggregator.store.engine import sqlite_path
+from aggregator.store.engine import shown_url, sqlite_path
 from aggregator.store.lock import DaemonLock
 from aggregator.store.maintenance import apply_retention, write_heartbeat
 from aggregator.store.migrate import upgrade_if_needed
@@ -663,7 +663,7 @@ class Daemon:
                 "daemon %s started: %d sources, store %s",
                 self.ctx.instance,
                 len(self.chosen),
-                _safe_url(settings.store.effective_url),
+                shown_url(settings.store.effective_url),
             )
             self.notifier.ready(self._status())
             if self._reload_pending:
@@ -725,9 +725,3 @@ def _changed_keys(old: Settings, new: Settings, skip: Sequence[str]) -> list[str
             if getattr(section, key) != getattr(other, key) and f"{name}.{key}" not in skip
         )
     return keys
-
-
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)

@@ -414,3 +414,11 @@ async def test_refuses_a_newer_database(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StoreError, match="newer version"):
         await Store.open(url)
+
+
+def test_logs_show_store_urls_without_their_password() -> None:
+    from aggregator.store.engine import shown_url
+
+    shown = shown_url("postgresql+asyncpg://feeds:s3cret@db.internal:5432/aggregator")
+    assert shown == "postgresql+asyncpg://feeds:***@db.internal:5432/aggregator"
+    assert shown_url("sqlite+aiosqlite:////data/aggregator.db") == "sqlite+aiosqlite:////data/aggregator.db"

@@ -47,6 +47,11 @@ def sqlite_path(url: str) -> Path | None:
     return Path(database)
 
 
+def shown_url(url: str) -> str:
+    """The URL as logs show it: the password masked."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 # The database URL schemes the store runs on, and the async driver it uses for each
 # (`[store] url` accepts these and nothing else).
 ASYNC_DRIVERS = {
