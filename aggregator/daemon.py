@@ -426,14 +426,18 @@ class Daemon:
             timezone=UTC,
         )
 
-    async def _resume_points(self) -> tuple[dict[str, datetime | None], dict[str, datetime | None]]:
-        """Per source, its last poll and, while it is failing, when its backoff ends."""
+    async def _resume_points(
+        self,
+    ) -> tuple[dict[str, datetime | None], dict[str, datetime | None], dict[str, tuple[SourceState, int]]]:
+        """Per source, its last poll; while it is failing, when its backoff ends; and what the
+        store holds for it (conditional GET and cookies, consecutive failures)."""
         assert self.ctx is not None
         states = await self.ctx.store.source_states()
         retry_at = {
             r["id"]: r["next_attempt_at"] for r in await self.ctx.store.sources_status() if r["consecutive_failures"]
         }
-        return {sid: st[1] for sid, st in states.items()}, retry_at
+        held = {sid: (st[0], st[2]) for sid, st in states.items()}
+        return {sid: st[1] for sid, st in states.items()}, retry_at, held
 
     def _on_reload_signal(self) -> None:
         if self.stop_event.is_set():
@@ -502,7 +506,7 @@ class Daemon:
         moved = [s for s in changed if s.url != before[s.id].url]
         try:
             await self.ctx.store.sync_sources(merged.sources, utc_now())
-            last_polls, retry_at = await self._resume_points()
+            last_polls, retry_at, held = await self._resume_points()
             if self.settings.daemon.leases:
                 for source in retimed:
                     # The lease taken at the last poll holds the source for most of the old
@@ -526,10 +530,15 @@ class Daemon:
                 self.scheduler.remove_job(sid)
             self._backed_off.pop(sid, None)
             self.ctx.identities.pop(sid, None)  # its last list's identities, kept for the next poll
+            self.ctx.states.pop(sid, None)
+            self.ctx.failures.pop(sid, None)
+        for source in [*added, *moved]:
+            # As the store now has it: fresh for a new URL (a poll of the old one under way
+            # updates the object it holds, not this one), as last stored for one come back.
+            state, failures = held.get(source.id, (SourceState(), 0))
+            self.ctx.states[source.id] = state
+            self.ctx.failures[source.id] = failures
         for source in moved:
-            # A poll of the old URL under way updates the object it holds, not this one.
-            self.ctx.states[source.id] = SourceState()
-            self.ctx.failures[source.id] = 0
             self._backed_off.pop(source.id, None)
             last_polls[source.id] = None
         # As at a restart: one new interval after the last poll, or later while backing off.
@@ -652,7 +661,7 @@ class Daemon:
         store = await Store.from_settings(settings.store, upgrade=False)
         try:
             self.ctx = await open_context(settings, store)
-            last_polls, retry_at = await self._resume_points()
+            last_polls, retry_at, _held = await self._resume_points()
             if self._stopped_while_starting("opening the store and loading the story index"):
                 return
             self._schedule(chosen, last_polls, retry_at)

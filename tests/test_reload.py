@@ -209,9 +209,12 @@ def test_a_sighup_while_starting_is_applied_once_started(
     assert daemon.stop() == 0
 
 
-def test_a_source_given_a_new_url_is_polled_at_once_without_the_old_validators(
-    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
-) -> None:
+FEED = '[[sources]]\nid = "news"\nkind = "feed"\nurl = "{url}/%s"\ninterval = "%s"\n\n'
+
+
+def two_sites(http_server: LoopbackServer) -> None:
+    """/a.rss with validators and a cookie; /b.atom, a server whose content is older than
+    /a.rss's Last-Modified: sent the old validators it answers 304 and its list is never read."""
     http_server.route(
         "/a.rss",
         (DATA / "feed" / "rss.xml").read_bytes(),
@@ -225,8 +228,6 @@ def test_a_source_given_a_new_url_is_polled_at_once_without_the_old_validators(
     atom = (DATA / "feed" / "atom.xml").read_bytes()
 
     def conditional(handler: BaseHTTPRequestHandler) -> None:
-        # A server whose content is older than the old URL's Last-Modified: with the old
-        # validators it would answer 304 and the new list would never be read.
         asked = handler.headers.get("If-None-Match") or handler.headers.get("If-Modified-Since")
         handler.send_response(304 if asked else 200)
         handler.send_header("Content-Type", "application/atom+xml")
@@ -236,24 +237,56 @@ def test_a_source_given_a_new_url_is_polled_at_once_without_the_old_validators(
             handler.wfile.write(atom)
 
     http_server.route("/b.atom", handler=conditional)
-    feed = '[[sources]]\nid = "news"\nkind = "feed"\nurl = "{url}/%s"\ninterval = "1h"\n\n'
-    config = write_settings(tmp_path, http_server, feed % "a.rss")
+
+
+def read_afresh_at_b(tmp_path: Path, http_server: LoopbackServer, polled: int) -> None:
+    """The source's next poll (after `polled` of them), of /b.atom, went without /a.rss's
+    validators and cookie and stored its list."""
+
+    def stored() -> bool:
+        return any(r[0] == "/b.atom" for r in http_server.requests) and polls(tmp_path, "news") > polled
+
+    wait_for(stored, timeout_s=30)
+    [(_path, headers)] = [r for r in http_server.requests if r[0] == "/b.atom"]
+    assert not {"if-none-match", "if-modified-since", "cookie"} & set(headers)
+    last = "SELECT status, item_count FROM polls WHERE source_id = 'news' ORDER BY id DESC LIMIT 1"
+    [(status, count)] = query(tmp_path, last)
+    assert status == "ok" and count > 0
+    [(etag, cookies)] = query(tmp_path, "SELECT etag, cookies FROM sources WHERE id = 'news'")
+    assert etag is None and "site-a" not in str(cookies)
+
+
+def test_a_source_given_a_new_url_is_polled_at_once_without_the_old_validators(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    two_sites(http_server)
+    config = write_settings(tmp_path, http_server, FEED % ("a.rss", "1h"))
     daemon = Running(config, tmp_path / "daemon.log")
     running.append(daemon)
     wait_for(lambda: polls(tmp_path, "news") >= 1, timeout_s=30)
 
-    write_settings(tmp_path, http_server, feed % "b.atom")
+    write_settings(tmp_path, http_server, FEED % ("b.atom", "1h"))
     assert "1 changed (news)" in daemon.reload_and_wait("settings reloaded")
     # Due again in an hour at the old URL; the new one is polled now.
-    wait_for(lambda: polls(tmp_path, "news") >= 2, timeout_s=30)
-    [(_path, headers)] = [r for r in http_server.requests if r[0] == "/b.atom"]
-    assert not {"if-none-match", "if-modified-since", "cookie"} & set(headers)
-    [(status, count)] = query(
-        tmp_path, "SELECT status, item_count FROM polls WHERE source_id = 'news' ORDER BY id DESC LIMIT 1"
-    )
-    assert status == "ok" and count > 0
-    [(etag, cookies)] = query(tmp_path, "SELECT etag, cookies FROM sources WHERE id = 'news'")
-    assert etag is None and "site-a" not in str(cookies)
+    read_afresh_at_b(tmp_path, http_server, 1)
+    assert daemon.stop() == 0
+
+
+def test_a_source_removed_then_back_at_a_new_url_starts_without_the_old_validators(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    two_sites(http_server)
+    serve_defaults(http_server)
+    config = write_settings(tmp_path, http_server, FEED % ("a.rss", "2s") + source("weibo", "1h"))
+    daemon = Running(config, tmp_path / "daemon.log")
+    running.append(daemon)
+    wait_for(lambda: polls(tmp_path, "news") >= 1, timeout_s=30)
+    write_settings(tmp_path, http_server, source("weibo", "1h"))
+    assert "1 removed (news)" in daemon.reload_and_wait("settings reloaded")
+    polled = polls(tmp_path, "news")
+    write_settings(tmp_path, http_server, FEED % ("b.atom", "2s") + source("weibo", "1h"))
+    assert "1 added (news)" in daemon.reload_and_wait("settings reloaded")
+    read_afresh_at_b(tmp_path, http_server, polled)
     assert daemon.stop() == 0
 
 
