@@ -41,9 +41,11 @@ def source(source_id: str, interval: str, name: str = "") -> str:
 class Running:
     """`aggregator run` on `config`, its log in a file that the test reads as it grows."""
 
-    def __init__(self, config: Path, log: Path, found: bool = False, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, config: Path, log: Path, found: bool = False, env: dict[str, str] | None = None, group: bool = False
+    ) -> None:
         """`found`: no --config, the daemon finds ./settings.toml in the config's directory;
-        `env`: variables added to its environment."""
+        `env`: variables added to its environment; `group`: in a process group of its own."""
         self.log = log
         env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")} | (env or {})
         chosen = [] if found else ["--config", str(config)]
@@ -55,6 +57,7 @@ class Running:
                 text=True,
                 env=env,
                 cwd=config.parent,
+                start_new_session=group,
             )
 
     def text(self) -> str:

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import LoopbackServer, wait_for
 from tests.test_daemon import query, serve_defaults
 from tests.test_migrate import at_revision
@@ -24,14 +26,22 @@ from tests.test_reload import Running, running, source, write_settings
 __all__ = ["running"]  # the fixture, used by name
 
 
-def catches(pid: int, sig: signal.Signals) -> bool:
-    """Whether process `pid` has a handler for `sig` (the SigCgt mask of /proc/PID/status)."""
+def _in_mask(pid: int, field: str, sig: signal.Signals) -> bool:
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except FileNotFoundError:
         return False
-    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith("SigCgt:")), 16)
+    mask = int(next(line.split()[1] for line in status.splitlines() if line.startswith(field)), 16)
     return bool(mask >> (sig - 1) & 1)
+
+
+def catches(pid: int, sig: signal.Signals) -> bool:
+    """Whether process `pid` has a handler for `sig` (the SigCgt mask of /proc/PID/status)."""
+    return _in_mask(pid, "SigCgt:", sig)
+
+
+def ignores(pid: int, sig: signal.Signals) -> bool:
+    return _in_mask(pid, "SigIgn:", sig)
 
 
 def children(pid: int) -> list[int]:
@@ -136,9 +146,11 @@ def test_other_commands_keep_the_default_action_of_sigterm(tmp_path: Path, premi
                 proc.kill()
 
 
+@pytest.mark.parametrize("to", ["daemon", "group"])
 def test_a_stop_during_the_migrations_waits_the_grace_then_cancels_them(
-    tmp_path: Path, http_server: LoopbackServer
+    tmp_path: Path, http_server: LoopbackServer, to: str
 ) -> None:
+    """`group`: SIGTERM to every process, as systemd stops a unit (KillMode=control-group)."""
     serve_defaults(http_server)
     db = at_revision(tmp_path / "data" / "aggregator.db", "0001")
     config = tmp_path / "settings.toml"
@@ -148,11 +160,15 @@ def test_a_stop_during_the_migrations_waits_the_grace_then_cancels_them(
         encoding="utf-8",
     )
     with write_locked(db):  # the migration waits for the lock, up to the 60 s busy timeout
-        daemon = Running(config, tmp_path / "daemon.log")
+        daemon = Running(config, tmp_path / "daemon.log", group=True)
         try:
             wait_for(lambda: bool(children(daemon.proc.pid)), timeout_s=30)
             [child] = children(daemon.proc.pid)
-            daemon.proc.send_signal(signal.SIGTERM)
+            wait_for(lambda: ignores(child, signal.SIGTERM), timeout_s=30)  # the child is past its imports
+            if to == "group":
+                os.killpg(daemon.proc.pid, signal.SIGTERM)
+            else:
+                daemon.proc.send_signal(signal.SIGTERM)
             assert daemon.proc.wait(timeout=20) == 0
         finally:
             if daemon.proc.poll() is None:

@@ -60,9 +60,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--busy-timeout", type=float, default=10.0, metavar="SECONDS", help="SQLite busy timeout")
     args = parser.parse_args(argv)
-    # A Ctrl-C in the daemon's terminal reaches this process too: the daemon decides whether
-    # the migrations are given time to end or cancelled (see `Daemon._migrate`).
+    # A Ctrl-C in the daemon's terminal, or systemd's SIGTERM to every process of the unit,
+    # reaches this process too: the daemon decides whether the migrations are given time to
+    # end or cancelled, which kills this process (see `Daemon._migrate`).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     url = sys.stdin.readline().strip()
     if not url:
         print(ERROR_PREFIX + "no database URL on stdin", file=sys.stderr)
