@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -179,11 +180,23 @@ async def test_a_failing_child_raises_the_in_process_error(tmp_path: Path, kind:
     assert path.read_bytes() == before
 
 
-async def test_upgrade_if_needed_starts_a_child_only_when_the_schema_is_behind(tmp_path: Path) -> None:
+async def test_upgrade_if_needed_starts_a_child_only_when_the_schema_is_behind(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     db = tmp_path / "data" / "aggregator.db"
-    assert await upgrade_if_needed(sqlite_url(db)) is True
-    assert scalar(db, "SELECT version_num FROM alembic_version") == engine.head_revision()
-    assert await upgrade_if_needed(sqlite_url(db)) is False  # up to date: no child process
+    head = engine.head_revision()
+    with caplog.at_level(logging.INFO, logger="aggregator.store.migrate"):
+        assert await upgrade_if_needed(sqlite_url(db)) is True
+        assert scalar(db, "SELECT version_num FROM alembic_version") == head
+        assert await upgrade_if_needed(sqlite_url(db)) is False  # up to date: no child process
+        old = at_revision(tmp_path / "old.db", "0001")
+        assert await upgrade_if_needed(sqlite_url(old)) is True
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == f"migrating the store from nothing to revision {head}"
+    assert said[2] == f"migrating the store from revision 0001 to revision {head}"
+    assert len(said) == 4 and all(
+        re.fullmatch(rf"store migrated to revision {head} in \d+\.\ds", m) for m in said[1::2]
+    )
 
 
 @pytest.mark.parametrize("kind", ["newer", "foreign", "not-sqlite"])

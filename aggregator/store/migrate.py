@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -147,12 +148,17 @@ async def upgrade_if_needed(url: str, *, busy_timeout_s: float = 10.0) -> bool:
     engine = engine_mod.make_engine(url, busy_timeout_s=busy_timeout_s, pool_size=1, max_overflow=0)
     try:
         current = await engine_mod.check_version(engine)
-        if current == engine_mod.head_revision():
+        head = engine_mod.head_revision()
+        if current == head:
             return False
+        # On a large store a migration can take a while: the log says what the start waits for.
+        log.info("migrating the store from %s to revision %s", f"revision {current}" if current else "nothing", head)
+        started = time.monotonic()
         # This engine's connection stays open while the child migrates: on SQLite the
         # child's is then not the last connection, whose close checkpoints and deletes the
         # WAL under an exclusive lock that a reader arriving meanwhile gets SQLITE_BUSY from.
         await upgrade_in_child(url, busy_timeout_s=busy_timeout_s)
+        log.info("store migrated to revision %s in %.1fs", head, time.monotonic() - started)
         return True
     finally:
         await engine.dispose()
