@@ -72,6 +72,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", metavar="HOST", help="address to listen on (default [serve] host)")
     serve.add_argument("--port", type=int, metavar="PORT", help="port (default [serve] port; 0 picks a free one)")
 
+    sub.add_parser(
+        "config",
+        help="the settings run would use, as TOML: file, environment and catalog merged, checked",
+        description="Print the effective settings as a settings file: every key of every section, each "
+        "source's keys that differ from the defaults, secrets as ***. Exit 2 with the key named when the "
+        "settings are wrong, as every command: `aggregator config >/dev/null && systemctl reload aggregator`.",
+    )
+
     db = sub.add_parser("db", help="database maintenance")
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="apply pending migrations")
@@ -313,6 +321,13 @@ async def _cmd_health(settings: Settings, args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
+async def _cmd_config(settings: Settings, args: argparse.Namespace) -> int:
+    from aggregator.config_text import settings_toml
+
+    sys.stdout.write(settings_toml(settings, os.environ))
+    return EXIT_OK
+
+
 async def _cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from aggregator.serve import serve
 
@@ -412,6 +427,7 @@ COMMANDS = {
     "db": _cmd_db,
     "health": _cmd_health,
     "serve": _cmd_serve,
+    "config": _cmd_config,
 }
 
 

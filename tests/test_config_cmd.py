@@ -1,0 +1,116 @@
+"""`aggregator config`: the effective settings as a settings file, secrets masked."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aggregator.config_text import MASK, _duration
+from aggregator.settings import load_settings, parse_duration, validate
+
+SETTINGS = """
+[store]
+url = "postgresql://feeds:pg-s3cret@db.internal:5432/aggregator"
+busy_timeout = "1m30s"
+
+[http]
+proxy = "http://me:proxy-s3cret@proxy.internal:3128"
+timeout = 12.5
+
+[serve]
+token = "serve-s3cret-of-20-chars"
+
+[score]
+half_life = "3h"
+
+[[sources]]
+id = "zhihu"
+kind = "newsnow"
+
+[[sources]]
+id = "mine"
+kind = "feed"
+name = "我的 \\"feed\\""
+url = "https://example.org/feed.xml"
+interval = "1h30m"
+headers = { Authorization = "Bearer header-s3cret", "X-Client" = "aggregator" }
+cookies = { sid = "cookie-s3cret" }
+weight = 2.5
+"""
+ENV = {"AGGREGATOR_LOG__LEVEL": "DEBUG", "AGGREGATOR_DEDUPE__THRESHOLD": "0.6"}
+
+
+def run_config(config: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")} | ENV
+    return subprocess.run(
+        [sys.executable, "-m", "aggregator", "--config", str(config), "config"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def masked(dump: dict[str, Any]) -> dict[str, Any]:
+    dump["store"]["url"] = "postgresql://feeds:***@db.internal:5432/aggregator"
+    dump["http"]["proxy"] = "http://me:***@proxy.internal:3128"
+    dump["serve"]["token"] = MASK
+    for source in dump["sources"]:
+        source["headers"] = {k: MASK for k in source["headers"]}
+        source["cookies"] = {k: MASK for k in source["cookies"]}
+    dump.pop("config_path")
+    return dump
+
+
+def test_the_output_is_the_effective_settings_read_back_with_the_secrets_masked(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(SETTINGS, encoding="utf-8")
+    done = run_config(config)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "s3cret" not in out
+    assert f"from {config}" in out.splitlines()[0]
+    assert out.splitlines()[1] == "# environment overrides: AGGREGATOR_DEDUPE__THRESHOLD, AGGREGATOR_LOG__LEVEL"
+    assert 'busy_timeout = "1m30s"' in out and 'interval = "1h30m"' in out and 'half_life = "3h"' in out
+    # The catalog's defaults for zhihu are there, spelled out.
+    zhihu = tomllib.loads(out)["sources"][0]
+    assert zhihu["url"].endswith("/api/s?id=zhihu&latest") and zhihu["name"] == "知乎"
+
+    effective = load_settings(str(config), environ=ENV)
+    parsed = tomllib.loads(out)
+    assert parsed["serve"]["token"] == MASK  # refused as it is: filled in again to read it back
+    parsed["serve"]["token"] = "filled-in-again-0123456789"
+    again = validate(parsed)
+    assert again.log.level == "DEBUG" and again.dedupe.threshold == 0.6
+    assert masked(again.model_dump()) == masked(effective.model_dump())
+
+
+def test_wrong_settings_are_the_usual_exit_2_with_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('[daemon]\njitter = "soon"\n', encoding="utf-8")
+    done = run_config(config)
+    assert done.returncode == 2 and "daemon.jitter" in done.stderr and done.stdout == ""
+
+
+@given(st.one_of(st.integers(0, 10**9).map(float), st.floats(0.001, 1e9, allow_nan=False)))
+def test_a_duration_is_written_as_parse_duration_reads_it(seconds: float) -> None:
+    assert parse_duration(_duration(seconds)) == seconds
+
+
+def test_durations_read_as_people_write_them() -> None:
+    assert [_duration(s) for s in (0.0, 30.0, 90.0, 5400.0, 86400.0, 93784.0, 0.5)] == [
+        "0s",
+        "30s",
+        "1m30s",
+        "1h30m",
+        "1d",
+        "1d2h3m4s",
+        "0.5s",
+    ]
