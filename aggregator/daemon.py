@@ -63,6 +63,8 @@ HEARTBEAT_TIMEOUT_S = 5.0
 # else is held by a part built at start (the store's engine, the HTTP client, the
 # scheduler's own jobs, the log format) and changes at the next restart.
 RELOADED_SECTIONS = ("sources", "newsnow", "score")
+# While migrations run at start, systemd is told this often to extend its start timeout.
+MIGRATION_NOTIFY_S = 30.0
 RELOADED_KEYS = ("log.level",)
 
 
@@ -179,6 +181,7 @@ class Daemon:
         self.scheduler = AsyncIOScheduler(timezone=UTC)
         self.ctx: PollContext | None = None
         self.notifier = Notifier()
+        self.migration_notify_s = MIGRATION_NOTIFY_S
 
     def _misfire_grace_s(self, interval_s: float) -> int:
         return max(1, int(interval_s * self.settings.daemon.misfire_fraction))
@@ -631,7 +634,11 @@ class Daemon:
         )
         stop = asyncio.ensure_future(self.stop_event.wait())
         try:
-            await asyncio.wait({migration, stop}, return_when=asyncio.FIRST_COMPLETED)
+            every = self.migration_notify_s
+            while not (await asyncio.wait({migration, stop}, timeout=every, return_when=asyncio.FIRST_COMPLETED))[0]:
+                # systemd's TimeoutStartSec covers the whole start: a long migration asks for
+                # more time, again and again, instead of being killed and started over.
+                self.notifier.send(EXTEND_TIMEOUT_USEC=str(int(every * 2e6)), STATUS="migrating the store")
             if not migration.done():
                 grace = settings.daemon.shutdown_grace
                 log.info("waiting up to %.0fs for the migrations under way", grace)

@@ -7,6 +7,8 @@ tells it, one datagram of `KEY=value` lines each time:
   `systemctl reload` sent right after it waits until the daemon can take it;
 - `RELOADING=1` (with `MONOTONIC_USEC`, as systemd asks) when a SIGHUP reload begins,
   `READY=1` when it has ended, whether it changed anything or not;
+- `EXTEND_TIMEOUT_USEC` every 30 s while migrations run at the start, so that a long one
+  is not cut off by `TimeoutStartSec=` (and then started over at every restart);
 - `STOPPING=1` when a stop begins;
 - `WATCHDOG=1` every half of `WatchdogSec=` (given as `WATCHDOG_USEC`), from a job of
   the scheduler: a daemon whose event loop or scheduler hangs stops sending it, and

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
+import sqlite3
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from aggregator.daemon import Daemon
+from aggregator.settings import validate
+from aggregator.store import engine
 from aggregator.systemd import Notifier
-from tests.conftest import LoopbackServer, wait_for
+from tests.conftest import LoopbackServer, async_wait_for, wait_for
 from tests.test_daemon import serve_defaults
+from tests.test_migrate import at_revision
 from tests.test_reload import Running, running, source, write_settings
 
 __all__ = ["running"]  # the fixture, used by name
@@ -119,3 +125,25 @@ def test_the_watchdog_interval_is_taken_only_when_meant_for_this_process(caplog:
     assert [r.getMessage().split(":")[0] for r in caplog.records] == [
         "systemd notification to /nonexistent/dir/notify.sock failed"
     ]
+
+
+async def test_a_long_migration_at_start_asks_systemd_for_more_time(tmp_path: Path, listener: Listener) -> None:
+    db = at_revision(tmp_path / "data" / "aggregator.db", "0001")
+    daemon = Daemon(validate({"store": {"data_dir": str(db.parent), "busy_timeout": "60s"}}))
+    daemon.notifier = Notifier({"NOTIFY_SOCKET": str(tmp_path / "notify.sock")})
+    daemon.migration_notify_s = 0.2
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # the migration waits for it
+    try:
+        migrating = asyncio.ensure_future(daemon._migrate())
+        await async_wait_for(lambda: listener.count("EXTEND_TIMEOUT_USEC") >= 2, timeout_s=30)
+        assert not migrating.done()
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    await asyncio.wait_for(migrating, 60)
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT version_num FROM alembic_version").fetchall() == [(engine.head_revision(),)]
+    con.close()
+    asked = [m for m in listener.received() if "EXTEND_TIMEOUT_USEC" in m]
+    assert asked[0] == {"EXTEND_TIMEOUT_USEC": "400000", "STATUS": "migrating the store"}
