@@ -23,6 +23,14 @@ DATA = Path(__file__).parent / "data"
 PG_URL = os.environ.get("AGGREGATOR_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/test")
 
 
+@pytest.fixture(autouse=True)
+def _not_under_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A suite run by a systemd service (a CI runner) must not make the daemons it starts
+    notify that service's manager: tests/test_systemd.py sets these itself."""
+    for name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @dataclass
 class Route:
     status: int = 200
