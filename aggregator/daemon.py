@@ -34,7 +34,7 @@ from aggregator.errors import ConfigError, StoreError
 from aggregator.fulltext import run_fulltext
 from aggregator.health import Heartbeat
 from aggregator.models import PollResult, SourceState
-from aggregator.pipeline import PollContext, StoryAssigner, export_top, moved, poll_deadline_s, poll_source
+from aggregator.pipeline import PollContext, StoryAssigner, export_top, left, poll_deadline_s, poll_source
 from aggregator.settings import Settings, SourceSettings
 from aggregator.store import Store
 from aggregator.store.engine import shown_url, sqlite_path
@@ -205,7 +205,7 @@ class Daemon:
             job = self.scheduler.get_job(source.id)
             if job is None:
                 return
-            if moved(self.ctx, source):
+            if left(self.ctx, source):
                 # A reload gave the source a new URL while this poll of the old one ran: its
                 # first poll, due at once, was skipped (one poll of a source at a time). It
                 # runs once this job's run has ended, which the scheduler counts in a

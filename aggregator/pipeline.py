@@ -228,9 +228,9 @@ async def _fail(
     update: SourceUpdate | None = SourceUpdate(
         consecutive_failures=failures, error_kind=kind, error=message, failed_at=finished, next_attempt_at=next_at
     )
-    if moved(ctx, source):
-        # The old address failed: the poll row says so, but the source at its new one owes
-        # it no failure count and no backoff.
+    if left(ctx, source):
+        # An address the source has left failed: the poll row says so, but the source (at
+        # its new URL, or added back later) owes it no failure count and no backoff.
         update, next_at, failures = None, None, ctx.failures.get(source.id, 0)
     w = PollWrite(
         source.id,
@@ -252,7 +252,7 @@ async def _fail(
     ctx.failures[source.id] = failures
     if next_at is None:
         log.warning(
-            "poll %s failed at the URL it has left (its new one is polled next): %s: %s", source.id, kind, message
+            "poll %s failed at a URL the settings no longer have (not counted): %s: %s", source.id, kind, message
         )
     else:
         log.warning(
@@ -281,9 +281,10 @@ async def _fail(
     )
 
 
-def moved(ctx: PollContext, source: SourceSettings) -> bool:
-    """Whether the source's URL changed (a reload) since this poll of `source` began."""
-    return any(s.id == source.id and s.url != source.url for s in ctx.settings.sources)
+def left(ctx: PollContext, source: SourceSettings) -> bool:
+    """Whether the settings have dropped this poll's source, or given it another URL, since
+    the poll began (a reload): what the poll learns is then not the source's state."""
+    return not any(s.id == source.id and s.url == source.url for s in ctx.settings.sources)
 
 
 def poll_deadline_s(source: SourceSettings, settings: Settings) -> float:
@@ -353,7 +354,7 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
             write,
             dropped,
             # What a poll of an address the source has left learnt is not the source's state.
-            source_update=None if moved(ctx, source) else _state_update(state, collected, recovered),
+            source_update=None if left(ctx, source) else _state_update(state, collected, recovered),
             instance=ctx.instance,
         )
         task = _start_write(ctx, w)
