@@ -63,9 +63,9 @@ HEARTBEAT_TIMEOUT_S = 5.0
 # else is held by a part built at start (the store's engine, the HTTP client, the
 # scheduler's own jobs, the log format) and changes at the next restart.
 RELOADED_SECTIONS = ("sources", "newsnow", "score")
+RELOADED_KEYS = ("log.level",)
 # While migrations run at start, systemd is told this often to extend its start timeout.
 MIGRATION_NOTIFY_S = 30.0
-RELOADED_KEYS = ("log.level",)
 
 
 def utc_now() -> datetime:
@@ -166,7 +166,7 @@ class Daemon:
         early_signals: Sequence[int] = (),
     ) -> None:
         """`reload` reads the settings again (from where these came) when SIGHUP arrives;
-        `early_signals` are those that came before the daemon was made (see `cli.EarlySignals`)."""
+        `early_signals` are those that came before the daemon was made (see `aggregator.entry`)."""
         self.settings = settings
         self._early_signals = early_signals
         self._load_settings = reload
