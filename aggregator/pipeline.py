@@ -198,13 +198,17 @@ def _settle(
         stories.correct(items, story_ids, task.result().stories, now)
 
 
-def _state_update(state: SourceState, collected: Collected, recovered: bool) -> SourceUpdate | None:
+def _state_update(
+    ctx: PollContext, source: SourceSettings, state: SourceState, collected: Collected, recovered: bool
+) -> SourceUpdate | None:
     conditional = (collected.etag, collected.last_modified)
     changed = conditional != (state.etag, state.last_modified)
     cookies = {**state.cookies, **collected.cookies} if collected.cookies else None
     if cookies == state.cookies:
         cookies = None
-    if not (changed or cookies or recovered):
+    # What a poll of an address the source has left learnt is not the source's state (asked
+    # only when there is something to write: a look through the sources, not one per poll).
+    if not (changed or cookies or recovered) or left(ctx, source):
         return None
     return SourceUpdate(
         consecutive_failures=0 if recovered else None, conditional=conditional if changed else None, cookies=cookies
@@ -353,8 +357,7 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
             story_ids,
             write,
             dropped,
-            # What a poll of an address the source has left learnt is not the source's state.
-            source_update=None if left(ctx, source) else _state_update(state, collected, recovered),
+            source_update=_state_update(ctx, source, state, collected, recovered),
             instance=ctx.instance,
         )
         task = _start_write(ctx, w)
