@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from datetime import datetime
@@ -101,7 +102,19 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     from aggregator.daemon import Daemon, run_once
 
     if args.once:
-        results = await run_once(settings, args.source)
+        # SIGTERM (a cron job's `timeout`, say) or SIGINT: the polls under way finish or are
+        # cut off within daemon.shutdown_grace, the summary is printed, exit status 1.
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, _stop_once, stop, sig)
+        for number in args.early_signals:
+            _stop_once(stop, signal.Signals(number))
+        try:
+            results, interrupted = await run_once(settings, args.source, stop)
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
         failed = 0
         for r in results:
             if r.status == "error":
@@ -114,10 +127,18 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
                     f"{r.source_id:<24} ok     {r.item_count} items ({r.new_count} new, "
                     f"{r.dropped_count} dropped)  ({r.duration_s:.2f}s)"
                 )
-        print(f"{len(results) - failed} of {len(results)} sources ok")
-        return EXIT_FAILED if failed else EXIT_OK
+        for source_id in interrupted:
+            print(f"{source_id:<24} stopped  not polled, or cut off by the stop")
+        print(f"{len(results) - failed} of {len(results) + len(interrupted)} sources ok")
+        return EXIT_FAILED if failed or interrupted else EXIT_OK
     daemon = Daemon(settings, reload=lambda: load_checked(args.config, args), early_signals=args.early_signals)
     return await daemon.run(args.source)
+
+
+def _stop_once(stop: asyncio.Event, sig: signal.Signals) -> None:
+    if not stop.is_set() and sig != signal.SIGHUP:
+        print(f"aggregator: {sig.name} received: stopping", file=sys.stderr, flush=True)
+        stop.set()
 
 
 async def _open_store(settings: Settings) -> Any:
@@ -447,8 +468,8 @@ def main(argv: Sequence[str] | None = None, held: HeldSignals | None = None) -> 
     """The command `argv` (default: sys.argv); `held` are the signals the entry point holds
     since the process began (see `aggregator.entry`)."""
     args = _parser().parse_args(argv)
-    # The long-running ones act on the signals themselves, from their first moment.
-    daemon = (args.command == "run" and not args.once) or args.command == "serve"
+    # Those that poll or serve act on the signals themselves, from their first moment.
+    daemon = args.command in ("run", "serve")
     if held is None and daemon:
         held = HeldSignals()
     elif held is not None and not daemon:

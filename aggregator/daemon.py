@@ -22,6 +22,7 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -130,8 +131,14 @@ def _lock_for(settings: Settings) -> DaemonLock | None:
     return DaemonLock(path.with_name(path.name + ".lock")) if path is not None else None
 
 
-async def run_once(settings: Settings, source_ids: Sequence[str] | None = None) -> list[PollResult]:
+async def run_once(
+    settings: Settings, source_ids: Sequence[str] | None = None, stop: asyncio.Event | None = None
+) -> tuple[list[PollResult], list[str]]:
+    """Poll each chosen source once, then rescore: (the polls' results, the ids of the sources
+    `stop` left unpolled or cut off). Once `stop` is set no poll starts, those under way get
+    daemon.shutdown_grace to finish (a write under way always does), and there is no rescore."""
     chosen = select_sources(settings, source_ids)
+    stop = stop or asyncio.Event()
     lock = _lock_for(settings)
     if lock is not None:
         lock.acquire()
@@ -142,13 +149,26 @@ async def run_once(settings: Settings, source_ids: Sequence[str] | None = None) 
             try:
                 gate = asyncio.Semaphore(ONCE_CONCURRENCY)
 
-                async def one(source: SourceSettings) -> PollResult:
+                async def one(source: SourceSettings) -> PollResult | None:
                     async with gate:
-                        return await poll_source(ctx, source)
+                        return None if stop.is_set() else await poll_source(ctx, source)
 
-                results = list(await asyncio.gather(*(one(s) for s in chosen)))
-                await store.rescore(utc_now(), settings.score)
-                return results
+                polls = {asyncio.ensure_future(one(s)): s.id for s in chosen}
+                stopped = asyncio.ensure_future(stop.wait())
+                try:
+                    while not stopped.done() and not all(t.done() for t in polls):
+                        waiting: set[asyncio.Future[Any]] = {t for t in polls if not t.done()}
+                        await asyncio.wait({*waiting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    stopped.cancel()
+                if stop.is_set():
+                    await _stop_polls(set(polls), settings.daemon.shutdown_grace)
+                results = [r for t in polls if not t.cancelled() and (r := t.result()) is not None]
+                polled = {r.source_id for r in results}
+                interrupted = [sid for sid in polls.values() if sid not in polled]
+                if not stop.is_set():
+                    await store.rescore(utc_now(), settings.score)
+                return results, interrupted
             finally:
                 await ctx.fetcher.aclose()
         finally:
@@ -156,6 +176,18 @@ async def run_once(settings: Settings, source_ids: Sequence[str] | None = None) 
     finally:
         if lock is not None:
             lock.release()
+
+
+async def _stop_polls(polls: set[asyncio.Future[PollResult | None]], grace_s: float) -> None:
+    """Those under way get `grace_s` to finish, then are cancelled (their writes finish)."""
+    running = {t for t in polls if not t.done()}
+    if running:
+        log.info("stopping: waiting up to %.0fs for the polls under way", grace_s)
+        _done, still = await asyncio.wait(running, timeout=grace_s)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.wait(still, timeout=10.0)
 
 
 class Daemon:

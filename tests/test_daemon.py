@@ -189,10 +189,11 @@ def test_one_broken_source_does_not_stop_the_others(tmp_path: Path, http_server:
     assert "http_5xx" in sources.stdout and "solidot" in sources.stdout
 
 
-def _start_daemon(config: Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
+def _start_daemon(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """`run` (or `args`) on `config`; `env` is added to the environment."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")} | (env or {})
     return subprocess.Popen(
-        [sys.executable, "-m", "aggregator", "--config", str(config), "run"],
+        [sys.executable, "-m", "aggregator", "--config", str(config), *(args or ("run",))],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -200,7 +201,8 @@ def _start_daemon(config: Path) -> subprocess.Popen[str]:
     )
 
 
-def test_sigterm_during_a_poll_exits_cleanly(tmp_path: Path, http_server: LoopbackServer) -> None:
+def hang_zhihu(http_server: LoopbackServer) -> threading.Event:
+    """zhihu's list answers only once the returned event is set; the others as usual."""
     serve_defaults(http_server)
     release = threading.Event()
 
@@ -213,21 +215,30 @@ def test_sigterm_during_a_poll_exits_cleanly(tmp_path: Path, http_server: Loopba
         handler.wfile.write(body)
 
     http_server.route("/api/s?id=zhihu&latest", handler=hang)
+    return release
+
+
+def zhihu_hangs_and_solidot_is_stored(tmp_path: Path, http_server: LoopbackServer) -> None:
+    wait_for(
+        lambda: http_server.hits["/api/s?id=zhihu&latest"] >= 1 and http_server.hits["/solidot.rss"] >= 1,
+        timeout_s=30,
+    )
+    wait_for(
+        lambda: (
+            query(tmp_path, "SELECT count(*) FROM polls WHERE source_id='solidot'")[0][0] >= 1
+            if (tmp_path / "data" / "aggregator.db").exists()
+            else False
+        ),
+        timeout_s=30,
+    )
+
+
+def test_sigterm_during_a_poll_exits_cleanly(tmp_path: Path, http_server: LoopbackServer) -> None:
+    release = hang_zhihu(http_server)
     config = settings_file(tmp_path, http_server)
     proc = _start_daemon(config)
     try:
-        wait_for(
-            lambda: http_server.hits["/api/s?id=zhihu&latest"] >= 1 and http_server.hits["/solidot.rss"] >= 1,
-            timeout_s=30,
-        )
-        wait_for(
-            lambda: (
-                query(tmp_path, "SELECT count(*) FROM polls WHERE source_id='solidot'")[0][0] >= 1
-                if (tmp_path / "data" / "aggregator.db").exists()
-                else False
-            ),
-            timeout_s=30,
-        )
+        zhihu_hangs_and_solidot_is_stored(tmp_path, http_server)
         started = datetime.now(UTC)
         proc.send_signal(signal.SIGTERM)
         _out, err = proc.communicate(timeout=20)
@@ -240,6 +251,34 @@ def test_sigterm_during_a_poll_exits_cleanly(tmp_path: Path, http_server: Loopba
     assert "SIGTERM received" in err
     assert query(tmp_path, "PRAGMA integrity_check") == [("ok",)]
     assert query(tmp_path, "SELECT count(*) FROM polls WHERE source_id='solidot' AND status='ok'")[0][0] >= 1
+
+
+def test_sigterm_during_run_once_stops_the_polls_and_prints_what_was_done(
+    tmp_path: Path, http_server: LoopbackServer
+) -> None:
+    # A cron job's `timeout 5m aggregator run --once`, say.
+    release = hang_zhihu(http_server)
+    config = settings_file(tmp_path, http_server)
+    proc = _start_daemon(config, "run", "--once", env={"AGGREGATOR_DAEMON__SHUTDOWN_GRACE": "1s"})
+    try:
+        zhihu_hangs_and_solidot_is_stored(tmp_path, http_server)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        release.set()
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 1, err
+    assert "SIGTERM received: stopping" in err and "waiting up to 1s for the polls under way" in err
+    lines = out.splitlines()
+    assert lines[-1] == "2 of 3 sources ok"
+    assert "zhihu                    stopped  not polled, or cut off by the stop" in lines
+    assert any(line.startswith("solidot ") and " ok " in line for line in lines)
+    assert query(tmp_path, "PRAGMA integrity_check") == [("ok",)]
+    assert query(tmp_path, "SELECT source_id, status FROM polls ORDER BY source_id") == [
+        ("solidot", "ok"),
+        ("weibo", "ok"),
+    ]
 
 
 def test_second_daemon_on_the_same_file_refuses(tmp_path: Path, http_server: LoopbackServer) -> None:
