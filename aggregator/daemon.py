@@ -104,7 +104,7 @@ async def open_context(settings: Settings, store: Store) -> PollContext:
     now = utc_now()
     if store.ordered_writes:
         sys.setswitchinterval(min(sys.getswitchinterval(), WRITER_SWITCH_INTERVAL_S))
-    await store.sync_sources(settings.sources, now)
+    log_moved(await store.sync_sources(settings.sources, now))
     assigner = StoryAssigner(settings.dedupe.window, settings.dedupe.threshold, settings.dedupe.max_stories)
     assigner.load(await store.active_items(now - timedelta(seconds=settings.dedupe.window)))
     ctx = PollContext(
@@ -120,6 +120,14 @@ async def open_context(settings: Settings, store: Store) -> PollContext:
         ctx.states[source_id] = state
         ctx.failures[source_id] = failures
     return ctx
+
+
+def log_moved(source_ids: Sequence[str]) -> None:
+    """Say which sources have a new URL (their URLs may hold keys: not shown)."""
+    if source_ids:
+        log.info(
+            "new URL for %s: ETag, Last-Modified, cookies, failures and backoff start afresh", ", ".join(source_ids)
+        )
 
 
 def fulltext_sources(settings: Settings) -> list[str]:
@@ -540,7 +548,7 @@ class Daemon:
         # URL's validators, cookies, failures and lease).
         moved = [s for s in changed if s.url != before[s.id].url]
         try:
-            await self.ctx.store.sync_sources(merged.sources, utc_now())
+            log_moved(await self.ctx.store.sync_sources(merged.sources, utc_now()))
             last_polls, retry_at, held = await self._resume_points()
             if self.settings.daemon.leases:
                 for source in retimed:

@@ -269,7 +269,9 @@ def test_a_source_given_a_new_url_is_polled_at_once_without_the_old_validators(
     wait_for(lambda: polls(tmp_path, "news") >= 1, timeout_s=30)
 
     write_settings(tmp_path, http_server, FEED % ("b.atom", "1h"))
-    assert "1 changed (news)" in daemon.reload_and_wait("settings reloaded")
+    reloaded = daemon.reload_and_wait("settings reloaded")
+    assert "1 changed (news)" in reloaded
+    assert "new URL for news: ETag, Last-Modified, cookies, failures and backoff start afresh" in reloaded
     # Due again in an hour at the old URL; the new one is polled now.
     read_afresh_at_b(tmp_path, http_server, 1)
     assert daemon.stop() == 0

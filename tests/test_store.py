@@ -179,7 +179,7 @@ async def test_a_source_whose_url_changed_starts_afresh(store_url: str) -> None:
             assert await store.claim_source(source_id, "vm:1", at, at + timedelta(minutes=1))
         # zhihu moves to another address; weibo's row is written again as it is.
         moved = [SOURCES[0], SOURCES[1].model_copy(update={"url": "http://mirror/zhihu"})]
-        await store.sync_sources(moved, at)
+        assert await store.sync_sources(moved, at) == ["zhihu"]
         states = await store.source_states()
         assert states["weibo"][0].etag == '"v1"' and states["weibo"][0].cookies == {"sid": "old-site"}
         assert states["weibo"][2] == 3

@@ -207,8 +207,9 @@ class Store:
 
     # -- sources -------------------------------------------------------------------------
 
-    async def sync_sources(self, configured: Sequence[SourceSettings], now: datetime) -> None:
-        """Make the sources table match the settings (rows are never deleted: polls refer to them)."""
+    async def sync_sources(self, configured: Sequence[SourceSettings], now: datetime) -> list[str]:
+        """Make the sources table match the settings (rows are never deleted: polls refer to them);
+        the ids of the sources whose stored URL was another, whose state therefore starts afresh."""
         rows = [
             dict(
                 id=s.id,
@@ -225,8 +226,11 @@ class Store:
             )
             for s in configured
         ]
+        moved: list[str] = []
         try:
             async with self._begin() as conn:
+                stored = {r.id: r.url for r in await conn.execute(sa.select(sources.c.id, sources.c.url))}
+                moved = [s.id for s in configured if stored.get(s.id, s.url) != s.url]
                 if rows:
                     # An upsert: daemons of a fleet starting together write the same rows.
                     ins = _upsert(conn, sources)
@@ -261,6 +265,7 @@ class Store:
                 )
         except (OperationalError, DBAPIError) as exc:
             raise _store_error(exc, "cannot record the configured sources") from exc
+        return moved
 
     async def source_states(self) -> dict[str, tuple[SourceState, datetime | None, int]]:
         """Per source: (conditional-GET and cookie state, last poll time, consecutive failures)."""
