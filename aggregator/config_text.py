@@ -34,6 +34,7 @@ def settings_toml(settings: Settings, environ: Mapping[str, str]) -> str:
         "# The settings `aggregator run` would use, from "
         + (settings.config_path or "the built-in defaults (no settings file found)"),
         "# environment overrides: " + (", ".join(overrides) or "none"),
+        "# store: " + _store_shown(settings.store.effective_url),
         f"# secrets are shown as {MASK}: serve.token, passwords in URLs, source headers and cookies",
     ]
     for name in Settings.model_fields:
@@ -70,6 +71,15 @@ def _masked(section: str, key: str, value: Any) -> Any:
     if section == "sources" and key in ("headers", "cookies"):
         return {k: MASK for k in value}
     return value
+
+
+def _store_shown(url: str) -> str:
+    """Where the store is: a SQLite file's absolute path (relative ones are the working
+    directory's), else the URL without its password."""
+    from aggregator.store.engine import sqlite_path
+
+    path = sqlite_path(url)
+    return f"{path.resolve()} (SQLite)" if path is not None else _without_password(url)
 
 
 def _without_password(url: str) -> str:

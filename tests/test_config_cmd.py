@@ -78,6 +78,7 @@ def test_the_output_is_the_effective_settings_read_back_with_the_secrets_masked(
     assert "s3cret" not in out
     assert f"from {config}" in out.splitlines()[0]
     assert out.splitlines()[1] == "# environment overrides: AGGREGATOR_DEDUPE__THRESHOLD, AGGREGATOR_LOG__LEVEL"
+    assert out.splitlines()[2] == "# store: postgresql://feeds:***@db.internal:5432/aggregator"
     assert 'busy_timeout = "1m30s"' in out and 'interval = "1h30m"' in out and 'half_life = "3h"' in out
     # The catalog's defaults for zhihu are there, spelled out.
     zhihu = tomllib.loads(out)["sources"][0]
@@ -90,6 +91,14 @@ def test_the_output_is_the_effective_settings_read_back_with_the_secrets_masked(
     again = validate(parsed)
     assert again.log.level == "DEBUG" and again.dedupe.threshold == 0.6
     assert masked(again.model_dump()) == masked(effective.model_dump())
+
+
+def test_the_header_says_where_a_sqlite_store_is(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text('[store]\ndata_dir = "somewhere/data"\n', encoding="utf-8")
+    done = run_config(config)  # in the test's working directory, which the relative path is under
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[2] == f"# store: {Path.cwd() / 'somewhere/data/aggregator.db'} (SQLite)"
 
 
 def test_wrong_settings_are_the_usual_exit_2_with_the_key(tmp_path: Path) -> None:
