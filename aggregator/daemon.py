@@ -616,6 +616,8 @@ class Daemon:
         later = _changed_keys(old, new, skip=(*RELOADED_SECTIONS, *RELOADED_KEYS, "config_path"))
         if later:
             log.warning("reload: %s changed; that takes effect at the next restart", ", ".join(later))
+        if not chosen:
+            self._warn_no_sources()
         return True
 
     def _add_periodic(
@@ -692,6 +694,12 @@ class Daemon:
         finally:
             stop.cancel()
 
+    def _warn_no_sources(self) -> None:
+        log.warning(
+            "no enabled source in the settings (%s): nothing is polled; add [[sources]] and send SIGHUP, or restart",
+            self.settings.config_path or "the built-in defaults: no settings file was found",
+        )
+
     def _stopped_while_starting(self, step: str) -> bool:
         if self.stop_event.is_set():
             log.info("stopped while starting, after %s: no source was polled", step)
@@ -721,6 +729,8 @@ class Daemon:
                 len(self.chosen),
                 shown_url(settings.store.effective_url),
             )
+            if not self.chosen:
+                self._warn_no_sources()
             self.notifier.ready(self._status())
             if self._reload_pending:
                 self._reload_pending = False

@@ -337,3 +337,21 @@ def test_a_source_moved_or_removed_during_a_poll_owes_that_poll_nothing(
     assert failures == 0 and next_attempt is None
     assert http_server.hits["/new"] == (1 if then == "moved" else 0)
     assert daemon.stop() == 0
+
+
+def test_no_enabled_source_is_a_warning_at_start_and_at_a_reload(
+    tmp_path: Path, http_server: LoopbackServer, running: list[Running]
+) -> None:
+    serve_defaults(http_server)
+    config = write_settings(tmp_path, http_server, "")
+    daemon = Running(config, tmp_path / "daemon.log")
+    running.append(daemon)
+    warning = f"no enabled source in the settings ({config}): nothing is polled"
+    wait_for(lambda: " started: 0 sources" in daemon.text(), timeout_s=30)
+    assert warning in daemon.text()
+    write_settings(tmp_path, http_server, source("weibo", "1h"))
+    assert warning not in daemon.reload_and_wait("settings reloaded")
+    wait_for(lambda: polls(tmp_path, "weibo") == 1, timeout_s=30)
+    write_settings(tmp_path, http_server, source("weibo", "1h").replace("interval", "enabled = false\ninterval"))
+    assert warning in daemon.reload_and_wait(warning)
+    assert daemon.stop() == 0
