@@ -43,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
 
     sources = sub.add_parser("sources", help="each source with its last success, last error and next due time")
     sources.add_argument("--json", action="store_true", help="JSON for scripts")
+    sources.add_argument(
+        "--catalog",
+        action="store_true",
+        help="the known NewsNow ids and native kinds a [[sources]] entry can name with nothing else",
+    )
 
     top = sub.add_parser("top", help="the current top stories")
     top.add_argument("--limit", type=int, default=20, metavar="N")
@@ -147,6 +152,29 @@ async def _open_store(settings: Settings) -> Any:
     return await Store.from_settings(settings.store)
 
 
+def _every(interval_s: float) -> str:
+    return f"{int(interval_s // 60)}m" if interval_s >= 60 else f"{int(interval_s)}s"
+
+
+def _print_catalog(settings: Settings, as_json: bool) -> int:
+    from aggregator.settings import catalog_entries
+
+    rows = catalog_entries(settings)
+    if as_json:
+        _print_json(rows)
+        return EXIT_OK
+    print('# [[sources]] with id = "<id>" and kind = "newsnow" (or kind = "<kind>" for a native one) take these')
+    print(
+        f"{'kind':<9} {'id':<22} {'every':>5}  {'type':<9} {'category':<10} {'full text':<9}  {'in settings':<11}  name"
+    )
+    for r in rows:
+        print(
+            f"{r['kind']:<9} {r['id']:<22} {_every(r['interval_s']):>5}  {r['type']:<9} {r['category']:<10} "
+            f"{'yes' if r['fulltext'] else 'no':<9}  {'yes' if r['in_settings'] else '-':<11}  {r['name']}"
+        )
+    return EXIT_OK
+
+
 def _source_health(report: dict[str, Any], zone: ZoneInfo) -> str:
     """ok / failing since T / backing off until T, from a source_report."""
     state = str(report["state"])
@@ -166,6 +194,8 @@ def _one_line(text: str, limit: int) -> str:
 async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import UTC
 
+    if args.catalog:
+        return _print_catalog(settings, as_json=args.json)
     store = await _open_store(settings)
     try:
         rows = await store.sources_status()
@@ -183,7 +213,7 @@ async def _cmd_sources(settings: Settings, args: argparse.Namespace) -> int:
         f"{'held by':<16}  last error"
     )
     for r in reports:
-        every = f"{int(r['interval_s'] // 60)}m" if r["interval_s"] >= 60 else f"{int(r['interval_s'])}s"
+        every = _every(r["interval_s"])
         error = "-"
         if r["last_error_kind"] is not None:
             error = (

@@ -338,6 +338,32 @@ def load_catalog() -> dict[str, dict[str, dict[str, Any]]]:
         return tomllib.load(fh)
 
 
+def catalog_entries(settings: Settings) -> list[dict[str, Any]]:
+    """The catalog as rows, NewsNow ids first, then the native kinds, with what a source
+    taking the entry gets (name, interval in seconds, type, category, fulltext) and whether
+    the settings have one (`in_settings`)."""
+    catalog = load_catalog()
+    newsnow_ids = {s.newsnow_id or s.id for s in settings.sources if s.kind == "newsnow"}
+    native_kinds = {s.kind for s in settings.sources}
+    rows = []
+    for kind, section, used in (("newsnow", "newsnow", newsnow_ids), (None, "native", native_kinds)):
+        for key, entry in catalog.get(section, {}).items():
+            name = f"{entry['name']} {entry['title']}" if entry.get("title") else entry["name"]
+            rows.append(
+                {
+                    "kind": kind or key,
+                    "id": key,
+                    "name": name,
+                    "interval_s": parse_duration(entry["interval"]),
+                    "type": entry.get("type", ""),
+                    "category": entry.get("category", ""),
+                    "fulltext": bool(entry.get("fulltext", True)),
+                    "in_settings": key in used,
+                }
+            )
+    return rows
+
+
 def find_config(explicit: str | None, environ: Mapping[str, str]) -> Path | None:
     if explicit:
         path = Path(explicit)

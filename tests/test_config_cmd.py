@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -123,3 +124,26 @@ def test_durations_read_as_people_write_them() -> None:
         "1d2h3m4s",
         "0.5s",
     ]
+
+
+def test_the_catalog_lists_every_known_entry_and_marks_those_configured(tmp_path: Path) -> None:
+    config = tmp_path / "settings.toml"
+    config.write_text(
+        f'[store]\ndata_dir = "{tmp_path / "data"}"\n\n'
+        '[[sources]]\nid = "zhihu-mirror"\nkind = "newsnow"\nnewsnow_id = "zhihu"\n\n'
+        '[[sources]]\nid = "bili"\nkind = "bilibili"\n',
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AGGREGATOR_")}
+    argv = [sys.executable, "-m", "aggregator", "--config", str(config), "sources", "--catalog"]
+    table = subprocess.run(argv, capture_output=True, text=True, timeout=60, env=env, check=True).stdout
+    rows = json.loads(subprocess.run([*argv, "--json"], capture_output=True, text=True, timeout=60, env=env).stdout)
+    catalog = tomllib.loads((Path(__file__).parents[1] / "seeds" / "sources.toml").read_text(encoding="utf-8"))
+    assert [(r["kind"], r["id"]) for r in rows] == [("newsnow", k) for k in catalog["newsnow"]] + [
+        (k, k) for k in catalog["native"]
+    ]
+    assert {(r["kind"], r["id"]) for r in rows if r["in_settings"]} == {("newsnow", "zhihu"), ("bilibili", "bilibili")}
+    [weibo] = [r for r in rows if (r["kind"], r["id"]) == ("newsnow", "weibo")]
+    assert weibo["interval_s"] == 120.0 and weibo["fulltext"] is False and weibo["name"] == "微博"
+    assert len(table.splitlines()) == len(rows) + 2  # a note and the column names
+    assert not (tmp_path / "data").exists()  # the store is not opened, let alone created
