@@ -544,11 +544,9 @@ class Daemon:
         removed = [sid for sid in before if sid not in after]
         changed = [s for s in chosen if s.id in before and s != before[s.id]]
         retimed = [s for s in changed if s.interval_s != before[s.id].interval_s]
-        # A new URL is a new list: polled now, as a new source is (sync_sources drops the old
-        # URL's validators, cookies, failures and lease).
-        moved = [s for s in changed if s.url != before[s.id].url]
         try:
-            log_moved(await self.ctx.store.sync_sources(merged.sources, utc_now()))
+            moved_ids = await self.ctx.store.sync_sources(merged.sources, utc_now())
+            log_moved(moved_ids)
             last_polls, retry_at, held = await self._resume_points()
             if self.settings.daemon.leases:
                 for source in retimed:
@@ -575,6 +573,9 @@ class Daemon:
             self.ctx.identities.pop(sid, None)  # its last list's identities, kept for the next poll
             self.ctx.states.pop(sid, None)
             self.ctx.failures.pop(sid, None)
+        # A new URL is a new list: polled now, as a new source is (sync_sources has dropped
+        # the old URL's validators, cookies, failures and lease).
+        moved = [s for s in changed if s.id in moved_ids]
         for source in [*added, *moved]:
             # As the store now has it: fresh for a new URL (a poll of the old one under way
             # updates the object it holds, not this one), as last stored for one come back.

@@ -245,20 +245,17 @@ class Store:
                         "category",
                         "updated_at",
                     )
-                    # A source whose URL changed starts afresh: the old URL's validators would
-                    # make the new one answer 304 (If-Modified-Since a later date), its cookies
-                    # belong to another site, and its failures and lease to the old address.
-                    same_url = sources.c.url == ins.excluded.url
-                    fresh = {
-                        column: sa.case((same_url, sources.c[column]), else_=reset)
-                        for column, reset in SOURCE_STATE_RESET.items()
-                    }
                     await conn.execute(
                         ins.on_conflict_do_update(
-                            index_elements=[sources.c.id], set_={**{k: ins.excluded[k] for k in keep}, **fresh}
+                            index_elements=[sources.c.id], set_={k: ins.excluded[k] for k in keep}
                         ),
                         rows,
                     )
+                if moved:
+                    # A source whose URL changed starts afresh: the old URL's validators would
+                    # make the new one answer 304 (If-Modified-Since a later date), its cookies
+                    # belong to another site, and its failures and lease to the old address.
+                    await conn.execute(sources.update().where(sources.c.id.in_(moved)).values(**SOURCE_STATE_RESET))
                 configured_ids = [s.id for s in configured]
                 await conn.execute(
                     sources.update().where(sources.c.id.not_in(configured_ids)).values(enabled=False, updated_at=now)
