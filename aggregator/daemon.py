@@ -170,7 +170,7 @@ async def run_once(
                 finally:
                     stopped.cancel()
                 if stop.is_set():
-                    await _stop_polls(set(polls), settings.daemon.shutdown_grace)
+                    await finish_polls(set(polls), ctx, settings.daemon.shutdown_grace)
                 results = [r for t in polls if not t.cancelled() and (r := t.result()) is not None]
                 polled = {r.source_id for r in results}
                 interrupted = [sid for sid in polls.values() if sid not in polled]
@@ -186,16 +186,19 @@ async def run_once(
             lock.release()
 
 
-async def _stop_polls(polls: set[asyncio.Future[PollResult | None]], grace_s: float) -> None:
-    """Those under way get `grace_s` to finish, then are cancelled (their writes finish)."""
+async def finish_polls(polls: set[asyncio.Future[Any]], ctx: PollContext, grace_s: float) -> None:
+    """At a stop: the polls under way get `grace_s` to finish, then are cancelled; the
+    writes they started end either way (they are shielded)."""
     running = {t for t in polls if not t.done()}
     if running:
-        log.info("stopping: waiting up to %.0fs for the polls under way", grace_s)
+        log.info("waiting up to %.0fs for the polls under way (%d)", grace_s, len(running))
         _done, still = await asyncio.wait(running, timeout=grace_s)
         for task in still:
             task.cancel()
         if still:
-            await asyncio.wait(still, timeout=10.0)
+            await asyncio.wait(still, timeout=5.0)
+    if ctx.writes:
+        await asyncio.wait(set(ctx.writes), timeout=10.0)
 
 
 class Daemon:
@@ -760,18 +763,9 @@ class Daemon:
             # A reload under way is a few small writes: let it end, not be cut off mid-way.
             await asyncio.wait({self._reload_task}, timeout=HEARTBEAT_TIMEOUT_S)
             self._reload_task.cancel()
-        pending = set(self.inflight)
-        if pending:
-            log.info("waiting up to %.0fs for %d poll(s) in flight", self.settings.daemon.shutdown_grace, len(pending))
-            _done, still = await asyncio.wait(pending, timeout=self.settings.daemon.shutdown_grace)
-            for task in still:
-                task.cancel()
-            if still:
-                await asyncio.wait(still, timeout=5.0)
-        self.scheduler.shutdown(wait=False)
         assert self.ctx is not None
-        if self.ctx.writes:
-            await asyncio.wait(set(self.ctx.writes), timeout=10.0)
+        await finish_polls(set(self.inflight), self.ctx, self.settings.daemon.shutdown_grace)
+        self.scheduler.shutdown(wait=False)
 
 
 def _changed_keys(old: Settings, new: Settings, skip: Sequence[str]) -> list[str]:
