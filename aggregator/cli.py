@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import os
 import signal
 import sys
@@ -14,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 from aggregator import __version__
 from aggregator.collectors import validate_sources
-from aggregator.entry import HeldSignals
+from aggregator.entry import HeldSignals, acting_on
 from aggregator.errors import ConfigError, StoreError
 from aggregator.export import FORMATS
 from aggregator.logs import setup_logging
@@ -109,17 +110,11 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
     if args.once:
         # SIGTERM (a cron job's `timeout`, say) or SIGINT: the polls under way finish or are
         # cut off within daemon.shutdown_grace, the summary is printed, exit status 1.
+        # SIGHUP has no action here: ignored.
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, _stop_once, stop, sig)
-        for number in args.early_signals:
-            _stop_once(stop, signal.Signals(number))
-        try:
+        stopping = functools.partial(_stop_once, stop)
+        with acting_on({signal.SIGTERM: stopping, signal.SIGINT: stopping}, args.early_signals):
             results, interrupted = await run_once(settings, args.source, stop)
-        finally:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
         failed = 0
         for r in results:
             if r.status == "error":
@@ -141,7 +136,7 @@ async def _cmd_run(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _stop_once(stop: asyncio.Event, sig: signal.Signals) -> None:
-    if not stop.is_set() and sig != signal.SIGHUP:
+    if not stop.is_set():
         print(f"aggregator: {sig.name} received: stopping", file=sys.stderr, flush=True)
         stop.set()
 

@@ -31,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from aggregator.backoff import retry_delay_s
 from aggregator.collectors import collectors
 from aggregator.collectors.fetch import make_fetcher
+from aggregator.entry import acting_on
 from aggregator.errors import ConfigError, StoreError
 from aggregator.fulltext import run_fulltext
 from aggregator.health import Heartbeat
@@ -646,22 +647,16 @@ class Daemon:
         # store takes a while (the migration check, the story index). A SIGTERM or SIGINT
         # meanwhile ends the start after its current step, with exit status 0; a SIGHUP
         # is remembered and carried out as soon as the daemon is up.
-        loop = asyncio.get_running_loop()
         handlers = {signal.SIGTERM: self._on_signal, signal.SIGINT: self._on_signal, signal.SIGHUP: self._on_hup}
-        for sig, handler in handlers.items():
-            loop.add_signal_handler(sig, handler, sig)
-        for number in self._early_signals:
-            handlers[signal.Signals(number)](signal.Signals(number))
-        lock = _lock_for(settings)
-        try:
-            if lock is not None:
-                lock.acquire()
-            await self._run(chosen)
-        finally:
-            if lock is not None:
-                lock.release()
-            for sig in handlers:
-                loop.remove_signal_handler(sig)
+        with acting_on(handlers, self._early_signals):
+            lock = _lock_for(settings)
+            try:
+                if lock is not None:
+                    lock.acquire()
+                await self._run(chosen)
+            finally:
+                if lock is not None:
+                    lock.release()
         log.info("daemon stopped")
         return 0
 

@@ -10,7 +10,9 @@ command line is read, and a signal that came meanwhile takes effect then.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 HELD = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
@@ -33,6 +35,28 @@ class HeldSignals:
         if deliver:
             for number in self.received:
                 signal.raise_signal(number)
+
+
+@contextlib.contextmanager
+def acting_on(
+    actions: Mapping[signal.Signals, Callable[[signal.Signals], object]], early: Sequence[int]
+) -> Iterator[None]:
+    """`actions` as the running event loop's signal handlers (each is given its signal), once
+    those of `early` (held since the process began) have been acted on; removed at the end.
+    A held signal without an action is dropped."""
+    import asyncio  # here: the entry point's first act must come before any heavy import
+
+    loop = asyncio.get_running_loop()
+    for sig, action in actions.items():
+        loop.add_signal_handler(sig, action, sig)
+    try:
+        for number in early:
+            if (sig := signal.Signals(number)) in actions:
+                actions[sig](sig)
+        yield
+    finally:
+        for sig in actions:
+            loop.remove_signal_handler(sig)
 
 
 def main() -> int:

@@ -9,7 +9,6 @@ no other package.
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import hmac
 import html
@@ -21,6 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
+from aggregator.entry import acting_on
 from aggregator.errors import ConfigError, StoreError
 from aggregator.export import ExportDoc, is_http_url, render_atom
 from aggregator.normalize import search_terms
@@ -276,24 +276,16 @@ async def serve(settings: Settings, host: str, port: int, early_signals: Sequenc
     `early_signals` came before (see `aggregator.entry`): a stop among them ends serve
     right after its start, as one during the start does."""
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
     # The daemon's reload signal must not stop serve when both get it (a whole compose
     # project, a process group): serve reads its settings when it starts.
     ignored = "SIGHUP received: serve reads its settings when it starts; restart it to change them"
-    actions: dict[int, Callable[[], None]] = {
-        signal.SIGTERM: stop.set,
-        signal.SIGINT: stop.set,
-        signal.SIGHUP: functools.partial(log.info, ignored),
+    actions: dict[signal.Signals, Callable[[signal.Signals], object]] = {
+        signal.SIGTERM: lambda _sig: stop.set(),
+        signal.SIGINT: lambda _sig: stop.set(),
+        signal.SIGHUP: lambda _sig: log.info(ignored),
     }
-    for sig, action in actions.items():
-        loop.add_signal_handler(sig, action)
-    for number in early_signals:
-        actions[number]()
-    try:
+    with acting_on(actions, early_signals):
         await _serve_until(stop, settings, host, port)
-    finally:
-        for sig in actions:
-            loop.remove_signal_handler(sig)
     log.info("serve stopped")
     return 0
 
