@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from aggregator.settings import CONFIG_ENV, ENV_PREFIX, Settings, parse_duration
+from aggregator.store.engine import shown_url, sqlite_path
 
 MASK = "***"
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -34,7 +35,7 @@ def settings_toml(settings: Settings, environ: Mapping[str, str]) -> str:
         "# The settings `aggregator run` would use, from "
         + (settings.config_path or "the built-in defaults (no settings file found)"),
         "# environment overrides: " + (", ".join(overrides) or "none"),
-        "# store: " + _store_shown(settings.store.effective_url),
+        "# store: " + _store_place(settings.store.effective_url),
         f"# secrets are shown as {MASK}: serve.token, passwords in URLs, source headers and cookies",
     ]
     for name in Settings.model_fields:
@@ -66,20 +67,20 @@ def _same_as_default(field: FieldInfo, value: object) -> bool:
 def _masked(section: str, key: str, value: Any) -> Any:
     if section == "serve" and key == "token" and value:
         return MASK
-    if (section, key) in (("store", "url"), ("http", "proxy")) and value:
+    if section == "store" and key == "url" and value:
+        return shown_url(value)
+    if section == "http" and key == "proxy" and value:
         return _without_password(value)
     if section == "sources" and key in ("headers", "cookies"):
         return {k: MASK for k in value}
     return value
 
 
-def _store_shown(url: str) -> str:
+def _store_place(url: str) -> str:
     """Where the store is: a SQLite file's absolute path (relative ones are the working
     directory's), else the URL without its password."""
-    from aggregator.store.engine import sqlite_path
-
     path = sqlite_path(url)
-    return f"{path.resolve()} (SQLite)" if path is not None else _without_password(url)
+    return f"{path.resolve()} (SQLite)" if path is not None else shown_url(url)
 
 
 def _without_password(url: str) -> str:
