@@ -347,8 +347,8 @@ def test_no_enabled_source_is_a_warning_at_start_and_at_a_reload(
     daemon = Running(config, tmp_path / "daemon.log")
     running.append(daemon)
     warning = f"no enabled source in the settings ({config}): nothing is polled"
-    wait_for(lambda: " started: 0 sources" in daemon.text(), timeout_s=30)
-    assert warning in daemon.text()
+    wait_for(lambda: warning in daemon.text(), timeout_s=30)  # the line after "started"
+    assert daemon.text().index(" started: 0 sources") < daemon.text().index(warning)
     write_settings(tmp_path, http_server, source("weibo", "1h"))
     assert warning not in daemon.reload_and_wait("settings reloaded")
     wait_for(lambda: polls(tmp_path, "weibo") == 1, timeout_s=30)
