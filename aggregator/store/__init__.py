@@ -29,6 +29,7 @@ from aggregator.models import Item, PollResult, SourceState
 from aggregator.score import HeatTable, ListEntry, StoryHeat, listed_heat, unlisted_heat
 from aggregator.settings import ScoreSettings, SourceSettings, StoreSettings, display_name
 from aggregator.store import engine as engine_mod
+from aggregator.store import poll_sqlite
 from aggregator.store.checkpoint import Checkpointer
 from aggregator.store.gate import WriterGate
 from aggregator.store.schema import UtcDateTime, items, meta, observations, polls, sources, stories, story_scores
@@ -1040,111 +1041,8 @@ def _upsert_dialect(dialect: str, table: sa.Table) -> Any:
 __all__ = ["ActiveItem", "PollResult", "PollWrite", "PollWritten", "SourceUpdate", "Store"]
 
 
-# A poll's rows go to the SQLite driver as plain tuples through statements compiled once
-# from the Core tables: SQLAlchemy's per-row parameter processing cost more than SQLite's
-# own work. PostgreSQL takes the same rows through Core (asyncpg batches them itself).
-_POLL_COLUMNS = (
-    "source_id",
-    "started_at",
-    "finished_at",
-    "duration_ms",
-    "status",
-    "http_status",
-    "item_count",
-    "new_count",
-    "dropped_count",
-    "error_kind",
-    "error",
-    "instance",
-)
-_STORY_COLUMNS = ("id", "title", "item_id", "first_seen_at", "last_seen_at", "source_count")
-_ITEM_COLUMNS = (
-    "id",
-    "key",
-    "source_id",
-    "native_id",
-    "title",
-    "url",
-    "canonical_url",
-    "summary",
-    "published_at",
-    "story_id",
-    "first_seen_at",
-    "last_seen_at",
-    "best_rank",
-    "last_rank",
-)
-_OBSERVATION_COLUMNS = ("poll_id", "item_id", "source_id", "rank", "heat", "heat_raw", "label", "collected_at")
-
-
-@functools.cache
-def _insert_statement(table: sa.Table, returning: str | None, dialect_name: str) -> Any:
-    if table is stories:
-        # A story may be written by a poll that joins it while the poll that starts it is
-        # still queued, or again after that poll failed: whichever comes first makes it.
-        stmt: Any = _upsert_dialect(dialect_name, table).on_conflict_do_nothing(index_elements=[table.c.id])
-    else:
-        stmt = table.insert()
-    if returning is not None:
-        stmt = stmt.returning(table.c[returning])
-    return stmt
-
-
-# Rows per multi-row INSERT on SQLite: one statement (and one step of SQLite's, with the
-# GIL released once) instead of a step per row; 500 rows of 14 columns stay far under
-# SQLite's 32,766 parameters.
-_SQLITE_ROWS_PER_STATEMENT = 500
-
-
-@functools.cache
-def _compiled_insert(stmt: Any, columns: tuple[str, ...], rows: int, dialect: Dialect) -> str:
-    compiled = stmt.values([dict.fromkeys(columns) for _ in range(rows)]).compile(dialect=dialect)
-    expected = tuple(f"{c}_m{i}" for i in range(rows) for c in columns)
-    assert tuple(compiled.positiontup or ()) == expected, (compiled.positiontup, expected)
-    return str(compiled)
-
-
-def _sqlite_chunks(
-    conn: sa.Connection, stmt: Any, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
-) -> Iterator[sa.CursorResult[Any]]:
-    """`rows` through multi-row INSERTs compiled once per row count: each chunk's result."""
-    for start in range(0, len(rows), _SQLITE_ROWS_PER_STATEMENT):
-        chunk = rows[start : start + _SQLITE_ROWS_PER_STATEMENT]
-        sql = _compiled_insert(stmt, columns, len(chunk), conn.dialect)
-        yield conn.exec_driver_sql(sql, tuple(value for row in chunk for value in row))
-
-
-def _sqlite_insert(
-    conn: sa.Connection, stmt: Any, columns: tuple[str, ...], rows: Sequence[tuple[Any, ...]]
-) -> list[Any]:
-    """`rows` through multi-row INSERTs; what RETURNING gives, as driver values."""
-    out: list[Any] = []
-    for result in _sqlite_chunks(conn, stmt, columns, rows):
-        if result.returns_rows:
-            out.extend(result.all())
-    return out
-
-
-def _insert(
-    conn: sa.Connection, table: sa.Table, columns: tuple[str, ...], rows: list[tuple[Any, ...]], returning: str | None
-) -> Any:
-    """Insert `rows` (tuples in `columns` order, times as `_db_time` gives them); one RETURNING value for one row."""
-    if conn.dialect.name == "sqlite":
-        # The new row's id from the cursor instead of RETURNING: a RETURNING row is one more
-        # step of SQLite's, and each step gives up the GIL and must win it back.
-        assert returning is None or (len(rows) == 1 and table.c[returning].primary_key), (table.name, returning)
-        results = list(_sqlite_chunks(conn, _insert_statement(table, None, "sqlite"), columns, rows))
-        return results[0].lastrowid if returning is not None else None
-    stmt = _insert_statement(table, returning, conn.dialect.name)
-    dicts = [dict(zip(columns, r, strict=True)) for r in rows]
-    if returning is not None:
-        return conn.execute(stmt, dicts[0]).scalar_one()
-    conn.execute(stmt, dicts)
-    return None
-
-
 def _db_times(dialect: Dialect) -> Callable[[datetime], Any]:
-    """`_db_time` for many values: on SQLite each distinct time is formatted once."""
+    """A time as the driver takes it: SQLite's text form (each distinct time formatted once), or the datetime."""
     if dialect.name != "sqlite":
         return lambda at: at
     texts: dict[datetime, str] = {}
@@ -1174,18 +1072,7 @@ async def _execute_batches(conn: AsyncConnection, stmt: Any, rows: Iterable[dict
         await conn.exec_driver_sql(sql, [tuple(row[n] for n in names) for row in batch])
 
 
-def _db_time(conn: sa.Connection, at: datetime) -> Any:
-    """`at` as the driver takes it: SQLite's text form, or the datetime itself."""
-    return _TIME.process_bind_param(at, conn.dialect) if conn.dialect.name == "sqlite" else at
-
-
 _TIME = UtcDateTime()
-
-
-@functools.cache
-def _items_insert_new() -> Any:
-    """SQLite: insert the items that are not stored yet, leave the others alone."""
-    return _upsert_dialect("sqlite", items).on_conflict_do_nothing()
 
 
 @functools.cache
@@ -1210,87 +1097,76 @@ def _items_upsert(dialect_name: str) -> Any:
 def _record_poll(conn: sa.Connection, w: PollWrite) -> PollWritten:
     """The statements of one poll, inside the caller's transaction.
 
-    A poll of a list the pipeline already knows is two statements: the poll row and
-    its observations. Items are written only when new or changed (then with RETURNING,
-    to learn which were new), stories only for new items, the source row only when its
-    state changed. Items' last_seen_at / last_rank / best_rank are refreshed by
+    On SQLite two statements (`poll_sqlite`). On PostgreSQL: items only when new or
+    changed (with RETURNING, to learn which were new and the story the store keeps each
+    in), the poll row, stories only for new items, observations, and the source row only
+    when its state changed. Items' last_seen_at / last_rank / best_rank are refreshed by
     `rescore` from the observations.
     """
+    if conn.dialect.name == "sqlite":
+        return poll_sqlite.record(conn, w, _db_times(conn.dialect))
     at = w.finished_at
-    at_db = _db_time(conn, at)
-    duration_ms = int((w.finished_at - w.started_at).total_seconds() * 1000)
     real_story: dict[int, int] = {}
     new_ids: set[int] = set()
     proposed = dict(zip((it.item_id for it in w.items), w.story_ids, strict=True))
     batch = [it for it, write in zip(w.items, w.upsert, strict=True) if write]
     if batch:
         item_rows = [
-            (
-                it.item_id,
-                it.key,
-                w.source_id,
-                it.native_id,
-                it.title,
-                it.url,
-                it.canonical_url,
-                it.summary,
-                None if it.published_at is None else _db_time(conn, it.published_at),
-                proposed[it.item_id],
-                at_db,
-                at_db,
-                it.rank,
-                it.rank,
+            dict(
+                id=it.item_id,
+                key=it.key,
+                source_id=w.source_id,
+                native_id=it.native_id,
+                title=it.title,
+                url=it.url,
+                canonical_url=it.canonical_url,
+                summary=it.summary,
+                published_at=it.published_at,
+                story_id=proposed[it.item_id],
+                first_seen_at=at,
+                last_seen_at=at,
+                best_rank=it.rank,
+                last_rank=it.rank,
             )
             for it in batch
         ]
+        second = at.replace(microsecond=0)
         upsert = _items_upsert(conn.dialect.name)
-        if conn.dialect.name == "sqlite":
-            # Mostly the items are new to the database too: inserting them with DO NOTHING
-            # is one step of SQLite's, where RETURNING takes a step per row and each step
-            # gives up the GIL and must win it back. Only when some item was there already
-            # does the upsert run, and tell with RETURNING which ones were new.
-            inserted = sum(r.rowcount for r in _sqlite_chunks(conn, _items_insert_new(), _ITEM_COLUMNS, item_rows))
-            if inserted == len(item_rows):
-                new_ids.update(it.item_id for it in batch)
-                real_story.update((it.item_id, proposed[it.item_id]) for it in batch)
-            else:
-                # first_seen_at comes back as stored: SQLite's text, to the second, like at_db.
-                for item_id, story_id, first_seen in _sqlite_insert(conn, upsert, _ITEM_COLUMNS, item_rows):
-                    real_story[item_id] = story_id
-                    if first_seen == at_db:
-                        new_ids.add(item_id)
-        else:
-            second = at.replace(microsecond=0)
-            returned = conn.execute(upsert, [dict(zip(_ITEM_COLUMNS, r, strict=True)) for r in item_rows])
-            for row in returned:
-                real_story[row.id] = row.story_id
-                if row.first_seen_at.replace(microsecond=0) == second:
-                    new_ids.add(row.id)
-    poll_row = (
-        w.source_id,
-        _db_time(conn, w.started_at),
-        at_db,
-        duration_ms,
-        w.status,
-        w.http_status,
-        len(w.items),
-        len(new_ids),
-        w.dropped_count,
-        w.error_kind,
-        w.error,
-        w.instance,
+        for row in conn.execute(upsert, item_rows):
+            real_story[row.id] = row.story_id
+            if row.first_seen_at.replace(microsecond=0) == second:
+                new_ids.add(row.id)
+    poll_values = dict(
+        source_id=w.source_id,
+        started_at=w.started_at,
+        finished_at=at,
+        duration_ms=int((w.finished_at - w.started_at).total_seconds() * 1000),
+        status=w.status,
+        http_status=w.http_status,
+        item_count=len(w.items),
+        new_count=len(new_ids),
+        dropped_count=w.dropped_count,
+        error_kind=w.error_kind,
+        error=w.error,
+        instance=w.instance,
     )
-    poll_id: int = _insert(conn, polls, _POLL_COLUMNS, [poll_row], "id")
+    poll_id: int = conn.execute(polls.insert().returning(polls.c.id), poll_values).scalar_one()
     if new_ids:
         # New items start their own stories; a new item joining a story makes sure it exists
-        # (see _insert_statement), as a story of its own title if it does not yet.
+        # (see _story_insert), as a story of its own title if it does not yet.
         story_rows = {
-            proposed[it.item_id]: (proposed[it.item_id], it.title, it.item_id, at_db, at_db, 1)
+            proposed[it.item_id]: dict(
+                id=proposed[it.item_id],
+                title=it.title,
+                item_id=it.item_id,
+                first_seen_at=at,
+                last_seen_at=at,
+                source_count=1,
+            )
             for it in reversed(batch)
             if it.item_id in new_ids
         }
-        if story_rows:
-            _insert(conn, stories, _STORY_COLUMNS, list(story_rows.values()), None)
+        conn.execute(_story_insert(), list(story_rows.values()))
         joined = {proposed[i] for i in new_ids if proposed[i] != i}
         if joined:
             # New items joined existing stories: source_count stays true in the same transaction.
@@ -1303,15 +1179,32 @@ def _record_poll(conn: sa.Connection, w: PollWrite) -> PollWritten:
             conn.execute(stories.update().where(stories.c.id.in_(joined)).values(source_count=count, last_seen_at=at))
     if w.items:
         observation_rows = [
-            (poll_id, it.item_id, w.source_id, it.rank, it.heat, it.heat_raw, it.label, at_db) for it in w.items
+            dict(
+                poll_id=poll_id,
+                item_id=it.item_id,
+                source_id=w.source_id,
+                rank=it.rank,
+                heat=it.heat,
+                heat_raw=it.heat_raw,
+                label=it.label,
+                collected_at=at,
+            )
+            for it in w.items
         ]
-        _insert(conn, observations, _OBSERVATION_COLUMNS, observation_rows, None)
+        conn.execute(observations.insert(), observation_rows)
     if w.source_update is not None:
         values = _source_values(w.source_update)
         if values:
             values["updated_at"] = at
             conn.execute(sources.update().where(sources.c.id == w.source_id).values(**values))
     return PollWritten(poll_id, len(new_ids), real_story)
+
+
+@functools.cache
+def _story_insert() -> Any:
+    # A story may be written by a poll that joins it while the poll that starts it is
+    # still queued, or again after that poll failed: whichever comes first makes it.
+    return _upsert_dialect("postgresql", stories).on_conflict_do_nothing(index_elements=[stories.c.id])
 
 
 def _source_values(u: SourceUpdate) -> dict[str, Any]:

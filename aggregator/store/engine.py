@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from aggregator.errors import StoreError
 from aggregator.resources import migrations_dir
+from aggregator.store import poll_sqlite
 from aggregator.store.checkpoint import BACKSTOP_AUTOCHECKPOINT_PAGES
 
 if TYPE_CHECKING:
@@ -108,13 +109,14 @@ def make_sqlite_writer(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engi
     writer = make_sqlite_sync(engine, busy_timeout_s=busy_timeout_s)
 
     @event.listens_for(writer, "connect")
-    def _writer_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    def _writer_pragmas(dbapi_connection: Any, record: Any) -> None:
         # A multi-row INSERT keeps a statement journal of the pages it changes (to undo
         # just that statement); past 64 KiB SQLite spills it to a new temporary file,
         # which was one file created and deleted per poll. Writes only: it stays small.
         dbapi_connection.execute("PRAGMA temp_store=MEMORY")
         dbapi_connection.execute(f"PRAGMA cache_size=-{SQLITE_WRITER_CACHE_KIB}")
         dbapi_connection.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_AUTOCHECKPOINT_PAGES}")
+        poll_sqlite.install(dbapi_connection, record.info)
 
     return writer
 
