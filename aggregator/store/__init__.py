@@ -1104,7 +1104,8 @@ def _record_poll(conn: sa.Connection, w: PollWrite) -> PollWritten:
     `rescore` from the observations.
     """
     if conn.dialect.name == "sqlite":
-        return poll_sqlite.record(conn, w, _db_times(conn.dialect))
+        values = {} if w.source_update is None else _source_values(w.source_update)
+        return poll_sqlite.record(conn, w, values, _db_times(conn.dialect))
     at = w.finished_at
     real_story: dict[int, int] = {}
     new_ids: set[int] = set()

@@ -26,15 +26,15 @@ statements (`aggregator.store._record_poll`).
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
-    from aggregator.store import PollWrite, PollWritten, SourceUpdate
+    from aggregator.store import PollWrite, PollWritten
 
 # SQLite's default limit on a statement's parameters (SQLITE_MAX_VARIABLE_NUMBER).
 MAX_PARAMETERS = 32766
@@ -53,21 +53,15 @@ POLL_COLUMNS = (
     "error",
     "instance",
 )
-# The source's state after the poll: each group is written only when its flag is set.
-SOURCE_COLUMNS = (
-    "set_failures",
-    "consecutive_failures",
-    "next_attempt_at",
-    "set_error",
-    "last_error_at",
-    "last_error_kind",
-    "last_error",
-    "set_conditional",
-    "etag",
-    "last_modified",
-    "set_cookies",
-    "cookies",
-)
+# The source's state after the poll, in groups (as `aggregator.store._source_values` gives
+# them): each group is written only when its flag is set.
+SOURCE_GROUPS = {
+    "set_failures": ("consecutive_failures", "next_attempt_at"),
+    "set_error": ("last_error_at", "last_error_kind", "last_error"),
+    "set_conditional": ("etag", "last_modified"),
+    "set_cookies": ("cookies",),
+}
+SOURCE_COLUMNS = tuple(c for flag, columns in SOURCE_GROUPS.items() for c in (flag, *columns))
 ENTRY_COLUMNS = (
     "poll_id",
     "source_id",
@@ -107,16 +101,9 @@ BEGIN
     INSERT INTO polls ({", ".join(POLL_COLUMNS)}) VALUES ({", ".join(f"NEW.{c}" for c in POLL_COLUMNS)});
     SELECT aggregator_poll_id(last_insert_rowid());
     UPDATE sources SET
-        {_keep("set_failures", "consecutive_failures")},
-        {_keep("set_failures", "next_attempt_at")},
-        {_keep("set_error", "last_error_at")},
-        {_keep("set_error", "last_error_kind")},
-        {_keep("set_error", "last_error")},
-        {_keep("set_conditional", "etag")},
-        {_keep("set_conditional", "last_modified")},
-        {_keep("set_cookies", "cookies")},
+        {", ".join(_keep(flag, c) for flag, columns in SOURCE_GROUPS.items() for c in columns)},
         updated_at = NEW.finished_at
-    WHERE id = NEW.source_id AND (NEW.set_failures OR NEW.set_error OR NEW.set_conditional OR NEW.set_cookies);
+    WHERE id = NEW.source_id AND ({" OR ".join(f"NEW.{flag}" for flag in SOURCE_GROUPS)});
 END
 """
 # Per entry. "New" is what the store says, as in the Core path: the item's stored
@@ -169,7 +156,8 @@ _INSERT_RESULT = (
 )
 
 
-@functools.cache
+# Distinct entry counts are few (lists have their sizes); the bound is for a feed that varies.
+@functools.lru_cache(maxsize=64)
 def _entries_sql(rows: int) -> str:
     row = f"({', '.join('?' * len(ENTRY_COLUMNS))})"
     return f"INSERT INTO poll_entries ({', '.join(ENTRY_COLUMNS)}) VALUES {', '.join([row] * rows)}"
@@ -212,31 +200,20 @@ def install(dbapi_connection: Any, info: dict[str, Any]) -> None:
     info[INFO_KEY] = reports
 
 
-def _source_row(u: SourceUpdate | None, text: Callable[[Any], Any]) -> tuple[Any, ...]:
-    if u is None:
-        return (0, None, None, 0, None, None, None, 0, None, None, 0, None)
-    failures = u.consecutive_failures is not None
-    failed = u.failed_at is not None
-    conditional = u.conditional is not None
-    etag, last_modified = u.conditional if u.conditional is not None else (None, None)
-    return (
-        failures,
-        u.consecutive_failures,
-        text(u.next_attempt_at) if failures and u.next_attempt_at is not None else None,
-        failed,
-        text(u.failed_at) if failed else None,
-        u.error_kind if failed else None,
-        u.error if failed else None,
-        conditional,
-        etag,
-        last_modified,
-        u.cookies is not None,
-        None if u.cookies is None else json.dumps(u.cookies, ensure_ascii=False, sort_keys=True),
-    )
+def _source_row(values: dict[str, Any], text: Callable[[Any], Any]) -> list[Any]:
+    row: list[Any] = []
+    for columns in SOURCE_GROUPS.values():
+        row.append(columns[0] in values)
+        row += (text(v) if isinstance(v, datetime) else v for v in (values.get(c) for c in columns))
+    return row
 
 
-def record(conn: sa.Connection, w: PollWrite, text: Callable[[Any], Any]) -> PollWritten:
-    """Write poll `w` inside the caller's transaction; `text` gives a time as SQLite stores it."""
+def record(conn: sa.Connection, w: PollWrite, source_values: dict[str, Any], text: Callable[[Any], Any]) -> PollWritten:
+    """Write poll `w` inside the caller's transaction.
+
+    `source_values`: the source row's changed columns (`aggregator.store._source_values`);
+    `text`: a time as SQLite stores it.
+    """
     from aggregator.store import PollWritten
 
     reports: Reports = conn.connection.info[INFO_KEY]
@@ -257,7 +234,7 @@ def record(conn: sa.Connection, w: PollWrite, text: Callable[[Any], Any]) -> Pol
         w.error,
         w.instance,
     )
-    conn.exec_driver_sql(_INSERT_RESULT, (*poll, *_source_row(w.source_update, text)))
+    conn.exec_driver_sql(_INSERT_RESULT, (*poll, *_source_row(source_values, text)))
     poll_id = reports.poll_id
     assert poll_id is not None, "the poll_results trigger did not report the poll's id"
     values: list[Any] = []
