@@ -50,6 +50,19 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def rss_parts() -> str:
+    """This process's RSS now, split as the kernel counts it: anonymous memory (Python's
+    objects, malloc's heap, SQLite's caches), mapped files (shared libraries) and shared memory
+    (the WAL index)."""
+    parts = {}
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            name, _, value = line.partition(":")
+            if name in ("RssAnon", "RssFile", "RssShmem"):
+                parts[name[3:].lower()] = int(value.split()[0]) / 1024
+    return ", ".join(f"{name} {mb:.0f} MB" for name, mb in parts.items())
+
+
 async def poll_all(ctx: Any, sources: list[Any]) -> tuple[list[PollResult], float]:
     gate = asyncio.Semaphore(CONCURRENCY)
 
@@ -102,7 +115,7 @@ async def main_async(args: argparse.Namespace) -> None:
         await c.get(f"{base}/round/0/{max(args.lists, args.feeds)}")
     print(f"{args.lists} NewsNow lists and {args.feeds} feeds of {args.size} entries, SQLite at {tmp}")
     # The floor every later figure stands on: imported code and the open store, no story yet.
-    print(f"  RSS after start (imports, store open, nothing polled): {current_rss_mb():.0f} MB")
+    print(f"  RSS after start (imports, store open, nothing polled): {current_rss_mb():.0f} MB ({rss_parts()})")
 
     def report(name: str, results: list[PollResult], seconds: float, stmts: int) -> int:
         if not results:
@@ -168,7 +181,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"database: {size / 1e6:.1f} MB for {observations} observations = {size / observations:.1f} bytes/observation"
         " (all tables and indexes)"
     )
-    print(f"peak RSS: {peak_rss_mb():.0f} MB")
+    print(f"peak RSS: {peak_rss_mb():.0f} MB (RSS now: {rss_parts()})")
     baseline(db_path, tmp)
     proc.terminate()
 
