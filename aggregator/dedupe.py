@@ -24,15 +24,17 @@ dictionary hits. The cost per item depends on the title, not on the history.
 
 from __future__ import annotations
 
-import heapq
+import math
 import re
 import sys
 import zlib
 from array import array
+from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from heapq import heappop, heappush
 from operator import itemgetter
 from typing import Protocol
 
@@ -347,35 +349,83 @@ def title_similarity(a_norm: str, b_norm: str) -> float:
     return features_similarity(title_features(a_norm), title_features(b_norm))
 
 
-@dataclass(slots=True)
-class _Story:
-    """Mutable bookkeeping of one active story, private to the index.
+_U32 = 0xFFFF_FFFF
+_NO_URL = 0  # `_url` of a story without a URL (a URL hashing to 0 is stored as 1)
+_NEVER = 1 << 40  # POSIX seconds after every last sighting
+_FREE = float("nan")  # `_seen` of a free slot: never active (NaN >= x is false), never expired
 
-    Tuples, not sets and lists: nearly every story has one source, one wording and one URL,
-    and a 1-tuple is 48 bytes where a set is 216 and a list that was appended to 88.
+
+class _SlotMap:
+    """Integer keys to story slots, several slots per key, in arrays instead of objects.
+
+    2**bits buckets, each a sorted `array('Q')` of ``(key >> bits) << 32 | slot`` for the keys
+    whose low bits are the bucket's: 8 bytes an entry where a dict entry and its int objects take
+    about 100. Looking up, adding and removing are bisections and one memmove in C. A key keeps
+    bits + 32 of its bits, so two keys of a big window can share an entry: callers that need the
+    exact key (titles, URLs, story ids) check it against what the slot holds.
     """
 
-    last_seen_at: datetime
+    __slots__ = ("_bits", "_buckets", "_mask")
+
+    def __init__(self, bits: int) -> None:
+        self._bits = bits
+        self._mask = (1 << bits) - 1
+        self._buckets = [array("Q") for _ in range(1 << bits)]
+
+    def __len__(self) -> int:
+        return sum(map(len, self._buckets))
+
+    def span(self, key: int) -> tuple[array[int], int, int]:
+        """The bucket holding `key` and the range of its entries there (a slot is `entry & _U32`)."""
+        bucket = self._buckets[key & self._mask]
+        prefix = ((key >> self._bits) & _U32) << 32
+        lo = bisect_left(bucket, prefix)
+        if lo == len(bucket) or bucket[lo] - prefix > _U32:
+            return bucket, lo, lo  # the usual answer for a key not held, without a second bisection
+        return bucket, lo, bisect_left(bucket, prefix + (1 << 32), lo)
+
+    def first(self, key: int) -> int:
+        """The lowest slot held for `key`, or -1 (one bisection: exact keys seldom share an entry)."""
+        bucket = self._buckets[key & self._mask]
+        prefix = ((key >> self._bits) & _U32) << 32
+        i = bisect_left(bucket, prefix)
+        if i < len(bucket) and (packed := bucket[i]) - prefix <= _U32:
+            return packed & _U32
+        return -1
+
+    def slots(self, key: int) -> list[int]:
+        bucket, lo, hi = self.span(key)
+        return [packed & _U32 for packed in bucket[lo:hi]] if hi > lo else []
+
+    def _find(self, key: int, slot: int) -> tuple[array[int], int, int]:
+        bucket = self._buckets[key & self._mask]
+        packed = ((key >> self._bits) & _U32) << 32 | slot
+        return bucket, bisect_left(bucket, packed), packed
+
+    def has(self, key: int, slot: int) -> bool:
+        bucket, i, packed = self._find(key, slot)
+        return i < len(bucket) and bucket[i] == packed
+
+    def add(self, key: int, slot: int) -> None:
+        bucket, i, packed = self._find(key, slot)
+        if i == len(bucket) or bucket[i] != packed:
+            bucket.insert(i, packed)
+
+    def remove(self, key: int, slot: int) -> None:
+        bucket, i, packed = self._find(key, slot)
+        if i < len(bucket) and bucket[i] == packed:
+            del bucket[i]
+
+
+@dataclass(slots=True)
+class _Extra:
+    """What a story has beyond its first source, wording and URL (most stories have none)."""
+
     sources: tuple[str, ...] = ()
-    # Exact wordings (for the dictionary path), in the order they came. The first
-    # MAX_TITLES_PER_STORY are also the member titles that are indexed and compared: their
-    # features are recomputed (and cached) when compared, which keeps an active story near a
-    # few hundred bytes instead of several kilobytes.
-    title_keys: tuple[str, ...] = ()
-    # The canonical URLs as `hash()` values: the dictionary path needs no more than that, and a
-    # URL string is the largest thing a story would keep (two URLs of a window colliding in a
-    # 64-bit hash: about 1 in 10^10).
-    urls: tuple[int, ...] = ()
-
-    # Over the member titles: the fewest counting tokens and the most repeated n-grams. With
-    # them `match` rules a candidate out from its count of shared n-grams alone, before
-    # computing any member's features (the bound of `_similarity`, taken for every member).
-    min_weight: int = 1 << 30
-    max_repeats: int = 0
-
-    @property
-    def titles(self) -> tuple[str, ...]:
-        return self.title_keys[:MAX_TITLES_PER_STORY]
+    # Further exact wordings in the order they came; with the first, the first
+    # MAX_TITLES_PER_STORY are the member titles that are indexed and compared.
+    titles: tuple[str, ...] = ()
+    urls: tuple[int, ...] = ()  # further canonical URLs as `hash()` values
 
 
 class StoryIndex:
@@ -384,6 +434,12 @@ class StoryIndex:
     Matching order: canonical URL, then exact normalized title, then title similarity against the
     member titles of the candidate stories. A story listed only by the querying source needs
     `threshold + SAME_SOURCE_MARGIN`, so cross-source matches are preferred. Not thread-safe.
+
+    Each story has a slot: a position in the per-story arrays (id, last seen as POSIX seconds,
+    first source, first URL's hash, the bounds `match` uses) and in `_titles`, its first wording.
+    The maps from n-grams, wordings, URLs and ids to slots are `_SlotMap`s. What a story has
+    beyond one source, wording and URL is in `_extra`. About 300 bytes a story where objects
+    per story and per n-gram took 1.2 KB in bench/ingest.py, with the lookups as fast.
     """
 
     def __init__(
@@ -401,23 +457,42 @@ class StoryIndex:
         # recently, before the window would. Memory then stays bounded on a busy window.
         self.max_stories = max_stories
         self.evicted = 0  # stories dropped for the cap, not the window
-        self._window = timedelta(seconds=window_s)
-        self._stories: dict[int, _Story] = {}
-        # n-gram (as a CRC-32, see _gram_key) → the one story holding it, or several: an array of
-        # ids (8 bytes each, where a set takes about 40) while they are few enough to be read,
-        # a set once the n-gram is a stop-gram (more than MAX_POSTING_STORIES).
-        self._postings: dict[int, int | array[int] | set[int]] = {}
-        self._by_url: dict[int, int] = {}  # hash(canonical URL) → story
-        self._by_title: dict[str, int] = {}
-        self._one_source: dict[str, tuple[str]] = {}
-        self._expiry: list[tuple[datetime, int]] = []  # one entry per story; may lag its last_seen_at
+        self._count = 0
+        self._ids = array("q")
+        self._seen = array("d")  # last seen, POSIX seconds; _FREE for a free slot
+        self._source = array("I")  # first source, as an index into _source_names
+        self._url = array("q")  # hash of the first canonical URL, or _NO_URL
+        # Over the member titles: the fewest counting tokens and the most repeated n-grams. With
+        # them `match` rules a candidate out from its count of shared n-grams alone, before
+        # computing any member's features (the bound of `_similarity`, taken for every member).
+        self._min_weight = array("I")
+        self._max_repeats = array("I")
+        # The first wording (None until the story has one). The member titles' features are
+        # recomputed (and cached) when compared: a few hundred bytes a story, not kilobytes.
+        self._titles: list[str | None] = []
+        self._extra: dict[int, _Extra] = {}
+        self._free: list[int] = []
+        # Expiry and eviction order: a heap of ``int(last seen) << 32 | slot``, one int a story where
+        # a tuple of a datetime and an id took 100 bytes. An entry may lag its story's last
+        # sighting (touch does not move it) and may outlive its story (a dropped slot's entries
+        # stay until they surface); `_queued` counts each slot's entries, so that only its last
+        # is pushed again and every live story keeps one entry no later than its last sighting.
+        self._expiry: list[int] = []
+        self._queued = array("I")
+        self._source_names: list[str] = []
+        self._source_slot: dict[str, int] = {}
+        self._by_id = _SlotMap(11)  # story id → its slot
+        # n-gram (as a CRC-32, see _gram_key) → the stories holding it
+        self._postings = _SlotMap(13)
+        self._by_url = _SlotMap(11)  # hash(canonical URL) → story
+        self._by_title = _SlotMap(11)  # hash(normalized title) → story
         self._feature_cache: OrderedDict[str, TitleFeatures] = OrderedDict()
 
     def __len__(self) -> int:
-        return len(self._stories)
+        return self._count
 
     def __contains__(self, story_id: object) -> bool:
-        return story_id in self._stories
+        return isinstance(story_id, int) and self._slot(story_id) >= 0
 
     def _features(self, norm_title: str) -> TitleFeatures:
         # match() for a whole poll, then add_item() for the same titles: compute each once.
@@ -431,178 +506,255 @@ class StoryIndex:
             cache.move_to_end(norm_title)
         return features
 
-    def _active(self, story_id: int, cutoff: datetime) -> _Story | None:
-        story = self._stories.get(story_id)
-        return story if story is not None and story.last_seen_at >= cutoff else None
+    def _slot(self, story_id: int) -> int:
+        slot = self._by_id.first(story_id)
+        if slot < 0 or self._ids[slot] == story_id:
+            return slot
+        return next((s for s in self._by_id.slots(story_id) if self._ids[s] == story_id), -1)
+
+    def _title_keys(self, slot: int) -> tuple[str, ...]:
+        first = self._titles[slot]
+        if first is None:
+            return ()
+        extra = self._extra.get(slot)
+        return (first, *extra.titles) if extra is not None and extra.titles else (first,)
+
+    def _url_keys(self, slot: int) -> tuple[int, ...]:
+        first = self._url[slot]
+        if first == _NO_URL:
+            return ()
+        extra = self._extra.get(slot)
+        return (first, *extra.urls) if extra is not None and extra.urls else (first,)
+
+    def _sources(self, slot: int) -> tuple[str, ...]:
+        first = self._source_names[self._source[slot]]
+        extra = self._extra.get(slot)
+        return (first, *extra.sources) if extra is not None and extra.sources else (first,)
+
+    def _slot_of_title(self, norm_title: str) -> int:
+        key = hash(norm_title)
+        slot = self._by_title.first(key)
+        if slot < 0 or self._titles[slot] == norm_title:
+            return slot
+        return next((s for s in self._by_title.slots(key) if norm_title in self._title_keys(s)), -1)
+
+    def _slot_of_url(self, url_key: int) -> int:
+        slot = self._by_url.first(url_key)
+        if slot < 0 or self._url[slot] == url_key:
+            return slot
+        return next((s for s in self._by_url.slots(url_key) if url_key in self._url_keys(s)), -1)
 
     def match(self, norm_title: str, canonical_url: str | None, source_id: str, now: datetime) -> int | None:
         """The id of the active story this item belongs to, or None for a new story."""
-        cutoff = now - self._window
+        cutoff = now.timestamp() - self.window_s
+        seen = self._seen
         if canonical_url:
-            story_id = self._by_url.get(hash(canonical_url))
-            if story_id is not None and self._active(story_id, cutoff) is not None:
-                return story_id
-        story_id = self._by_title.get(norm_title)
-        if story_id is not None and self._active(story_id, cutoff) is not None:
-            return story_id
+            slot = self._slot_of_url(_url_key(canonical_url))
+            if slot >= 0 and seen[slot] >= cutoff:
+                return self._ids[slot]
+        slot = self._slot_of_title(norm_title)
+        if slot >= 0 and seen[slot] >= cutoff:
+            return self._ids[slot]
         features = self._features(norm_title)
         listed: list[int] = []  # the stories of each listed n-gram, one entry per n-gram shared
-        # Postings of n-grams in too many stories to list them (stop-grams): looked into, not read.
-        common: list[array[int] | set[int]] = []
+        # N-grams in too many stories to list them (stop-grams): looked into, not read.
+        common: list[int] = []
         postings = self._postings
+        span = postings.span
         for key in features.keys:
-            posting = postings.get(key)
-            if posting is None:
+            bucket, lo, hi = span(key)
+            if hi == lo:
                 continue
-            if isinstance(posting, int):
-                listed.append(posting)
-            elif len(posting) <= MAX_POSTING_STORIES:
-                listed.extend(posting)
+            if hi - lo <= MAX_POSTING_STORIES:
+                listed.extend([packed & _U32 for packed in bucket[lo:hi]])
             else:
-                common.append(posting)
+                common.append(key)
         if not listed:
             return None
-        best_id: int | None = None
+        best_slot = -1
         best_score = 0.0
         # Most shared n-grams first, ties in the order met (Counter counts and sorted orders in C).
         ranked = sorted(Counter(listed).items(), key=itemgetter(1), reverse=True)
         for candidate, count in ranked[:MAX_CANDIDATES]:
-            story = self._active(candidate, cutoff)
-            if story is None:
+            if not seen[candidate] >= cutoff:
                 continue
             needed = self.threshold
-            if len(story.sources) == 1 and source_id in story.sources:
+            if self._only_source(candidate, source_id):
                 needed += SAME_SOURCE_MARGIN
             # A pair reaches `needed` only if the shorter title's coverage can reach
             # (needed + 1) / 2, and coverage <= 2 * (shared + repeats) / weight, where `shared`
             # counts this title's n-grams that any member has. If neither title can be the short
             # one, the candidate is ruled out without computing a member's features. `shared` is
             # exact: the listed n-grams counted from the postings, then (only when sharing every
-            # stop-gram would be enough) the candidate looked up in the stop-grams' sets.
+            # stop-gram would be enough) the candidate looked up in the stop-grams' postings.
             reach = (needed + 1.0) / 4.0
-            enough = min(reach * features.weight - features.repeats, reach * story.min_weight - story.max_repeats)
+            enough = min(
+                reach * features.weight - features.repeats,
+                reach * self._min_weight[candidate] - self._max_repeats[candidate],
+            )
             if count + len(common) < enough:
                 continue
-            if common and count + sum(candidate in stop for stop in common) < enough:
+            if common and count + sum(postings.has(key, candidate) for key in common) < enough:
                 continue
-            score = max(_similarity(features, self._features(member), needed) for member in story.titles)
+            members = self._title_keys(candidate)[:MAX_TITLES_PER_STORY]
+            score = max((_similarity(features, self._features(m), needed) for m in members), default=0.0)
             if score >= needed and score > best_score:
-                best_id, best_score = candidate, score
-        return best_id
+                best_slot, best_score = candidate, score
+        return self._ids[best_slot] if best_slot >= 0 else None
+
+    def _only_source(self, slot: int, source_id: str) -> bool:
+        """Whether `source_id` is the one source that has listed the story."""
+        if self._source_names[self._source[slot]] != source_id:
+            return False
+        extra = self._extra.get(slot)
+        return extra is None or not extra.sources
+
+    def _new_slot(self, story_id: int, seen_at: float, source: int) -> int:
+        if self._free:
+            slot = self._free.pop()
+            self._ids[slot] = story_id
+            self._seen[slot] = seen_at
+            self._source[slot] = source
+            self._url[slot] = _NO_URL
+            self._min_weight[slot] = _U32
+            self._max_repeats[slot] = 0
+        else:
+            slot = len(self._ids)
+            self._ids.append(story_id)
+            self._seen.append(seen_at)
+            self._source.append(source)
+            self._url.append(_NO_URL)
+            self._min_weight.append(_U32)
+            self._max_repeats.append(0)
+            self._titles.append(None)
+            self._queued.append(0)
+        self._by_id.add(story_id, slot)
+        self._count += 1
+        self._queue(slot, seen_at)
+        return slot
+
+    def _queue(self, slot: int, seen_at: float) -> None:
+        heappush(self._expiry, int(seen_at) << 32 | slot)
+        self._queued[slot] += 1
+
+    def _pop_due(self, before: int) -> int:
+        """The slot of a live story last seen before `before` (whole POSIX seconds), least recent
+        first, or -1 when there is none; entries that lag their story are pushed again on the way."""
+        expiry, seen, queued = self._expiry, self._seen, self._queued
+        while expiry and expiry[0] >> 32 < before:
+            entry = heappop(expiry)
+            slot = entry & _U32
+            queued[slot] -= 1
+            seen_ts = seen[slot]
+            if seen_ts < before and int(seen_ts) == entry >> 32:
+                return slot
+            if seen_ts == seen_ts and not queued[slot]:  # live (not NaN), and this was its last entry
+                self._queue(slot, seen_ts)
+        return -1
+
+    def _extra_of(self, slot: int) -> _Extra:
+        extra = self._extra.get(slot)
+        if extra is None:
+            extra = self._extra[slot] = _Extra()
+        return extra
 
     def add_item(
         self, story_id: int, norm_title: str, canonical_url: str | None, source_id: str, seen_at: datetime
     ) -> None:
         """Record an item as a member of `story_id`, creating the story when it is new."""
-        story = self._stories.get(story_id)
-        if story is None:
-            if self.max_stories and len(self._stories) >= self.max_stories:
+        seen_ts = seen_at.timestamp()
+        source = self._source_slot.get(source_id)
+        if source is None:
+            source = self._source_slot[source_id] = len(self._source_names)
+            self._source_names.append(source_id)
+        slot = self._slot(story_id)
+        if slot < 0:
+            if self.max_stories and self._count >= self.max_stories:
                 self._evict_least_recent()
-            story = _Story(last_seen_at=seen_at)
-            self._stories[story_id] = story
-            heapq.heappush(self._expiry, (seen_at, story_id))
-        elif seen_at > story.last_seen_at:
-            story.last_seen_at = seen_at
-        if not story.sources:
-            # Nearly every story has one source: all of a source's share one 1-tuple.
-            story.sources = self._one_source.setdefault(source_id, (source_id,))
-        elif source_id not in story.sources:
-            story.sources += (source_id,)
-        if canonical_url and len(story.urls) < MAX_KEYS_PER_STORY:
-            url_key = hash(canonical_url)
-            if url_key not in self._by_url:
-                self._by_url[url_key] = story_id
-                story.urls += (url_key,)
-        if norm_title in self._by_title:
-            return  # this wording is indexed already (here or in a story it was not merged with)
-        if len(story.title_keys) >= MAX_KEYS_PER_STORY:
-            return
-        self._by_title[norm_title] = story_id
-        story.title_keys += (norm_title,)
-        if len(story.title_keys) <= MAX_TITLES_PER_STORY:  # one of the member titles
-            features = self._features(norm_title)
-            story.min_weight = min(story.min_weight, features.weight)
-            story.max_repeats = max(story.max_repeats, features.repeats)
-            # A story's first title: its id is in no posting yet, no need to look.
-            first_title = len(story.title_keys) == 1
-            postings = self._postings
-            for key in features.keys:
-                posting = postings.get(key)
-                if posting is None:
-                    postings[key] = story_id
-                elif isinstance(posting, int):
-                    if posting != story_id:
-                        postings[key] = array("q", (posting, story_id))
-                elif isinstance(posting, array):
-                    if first_title or story_id not in posting:
-                        posting.append(story_id)
-                        if len(posting) > MAX_POSTING_STORIES:
-                            postings[key] = set(posting)
+            slot = self._new_slot(story_id, seen_ts, source)
+        else:
+            if seen_ts > self._seen[slot]:
+                self._seen[slot] = seen_ts
+            if source != self._source[slot] and source_id not in self._sources(slot):
+                extra = self._extra_of(slot)
+                extra.sources += (source_id,)
+        if canonical_url:
+            url_key = _url_key(canonical_url)
+            urls = self._url_keys(slot)
+            if len(urls) < MAX_KEYS_PER_STORY and self._slot_of_url(url_key) < 0:
+                self._by_url.add(url_key, slot)
+                if not urls:
+                    self._url[slot] = url_key
                 else:
-                    posting.add(story_id)
+                    extra = self._extra_of(slot)
+                    extra.urls += (url_key,)
+        if self._slot_of_title(norm_title) >= 0:
+            return  # this wording is indexed already (here or in a story it was not merged with)
+        titles = self._title_keys(slot)
+        if len(titles) >= MAX_KEYS_PER_STORY:
+            return
+        self._by_title.add(hash(norm_title), slot)
+        if not titles:
+            self._titles[slot] = norm_title
+        else:
+            extra = self._extra_of(slot)
+            extra.titles += (norm_title,)
+        if len(titles) < MAX_TITLES_PER_STORY:  # one of the member titles
+            features = self._features(norm_title)
+            self._min_weight[slot] = min(self._min_weight[slot], features.weight)
+            self._max_repeats[slot] = max(self._max_repeats[slot], features.repeats)
+            add = self._postings.add
+            for key in features.keys:
+                add(key, slot)
 
     def touch(self, story_id: int, seen_at: datetime) -> None:
         """Mark a story as still listed at `seen_at`; unknown (expired) ids are ignored."""
-        story = self._stories.get(story_id)
-        if story is not None and seen_at > story.last_seen_at:
-            story.last_seen_at = seen_at
+        slot = self._slot(story_id)
+        if slot >= 0:
+            seen_ts = seen_at.timestamp()
+            if seen_ts > self._seen[slot]:
+                self._seen[slot] = seen_ts
 
     def expire(self, now: datetime) -> list[int]:
         """Drop the stories not seen within `window_s` before `now`; returns their ids."""
-        cutoff = now - self._window
+        # In whole seconds, as the heap's entries: a story expires up to a second late (`match`
+        # compares the exact times, so it is not found meanwhile).
+        cutoff = math.floor(now.timestamp() - self.window_s)
         dropped: list[int] = []
-        while self._expiry and self._expiry[0][0] < cutoff:
-            _, story_id = heapq.heappop(self._expiry)
-            story = self._stories.get(story_id)
-            if story is None:
-                continue
-            if story.last_seen_at >= cutoff:
-                heapq.heappush(self._expiry, (story.last_seen_at, story_id))
-                continue
-            self._drop(story_id, story)
-            dropped.append(story_id)
+        while (slot := self._pop_due(cutoff)) >= 0:
+            dropped.append(self._ids[slot])
+            self._drop(slot)
         return dropped
 
     def _evict_least_recent(self) -> None:
-        """Drop the story seen least recently (the expiry heap's entries may lag: re-queue those)."""
-        while self._expiry:
-            seen_at, story_id = heapq.heappop(self._expiry)
-            story = self._stories.get(story_id)
-            if story is None:
-                continue
-            if story.last_seen_at > seen_at:
-                heapq.heappush(self._expiry, (story.last_seen_at, story_id))
-                continue
-            self._drop(story_id, story)
+        """Drop the story seen least recently."""
+        slot = self._pop_due(_NEVER)
+        if slot >= 0:
+            self._drop(slot)
             self.evicted += 1
-            return
 
-    def _drop(self, story_id: int, story: _Story) -> None:
-        del self._stories[story_id]
-        for title in story.titles:
+    def _drop(self, slot: int) -> None:
+        titles = self._title_keys(slot)
+        for title in titles[:MAX_TITLES_PER_STORY]:
             for key in self._features(title).keys:
-                posting = self._postings.get(key)
-                if posting is None:
-                    continue
-                if isinstance(posting, int):
-                    if posting == story_id:
-                        del self._postings[key]
-                    continue
-                if isinstance(posting, array):
-                    if story_id in posting:
-                        posting.remove(story_id)
-                else:
-                    posting.discard(story_id)
-                if len(posting) == 1:
-                    self._postings[key] = next(iter(posting))
-                elif not posting:
-                    del self._postings[key]
-        for title_key in story.title_keys:
-            if self._by_title.get(title_key) == story_id:
-                del self._by_title[title_key]
-        for url in story.urls:
-            if self._by_url.get(url) == story_id:
-                del self._by_url[url]
+                self._postings.remove(key, slot)
+        for title in titles:
+            self._by_title.remove(hash(title), slot)
+        for url_key in self._url_keys(slot):
+            self._by_url.remove(url_key, slot)
+        self._by_id.remove(self._ids[slot], slot)
+        self._seen[slot] = _FREE
+        self._titles[slot] = None
+        self._extra.pop(slot, None)
+        self._free.append(slot)
+        self._count -= 1
+
+
+def _url_key(canonical_url: str) -> int:
+    # The canonical URL as its `hash()`: the dictionary path needs no more than that, and a URL
+    # string is the largest thing a story would keep (two URLs of a window colliding in a
+    # 64-bit hash: about 1 in 10^10). 0 is `_NO_URL`.
+    return hash(canonical_url) or 1
 
 
 def _gram_key(gram: str) -> int:

@@ -247,7 +247,8 @@ def test_story_expires_after_the_window() -> None:
     assert index.expire(after) == [7]
     assert len(index) == 0 and 7 not in index
     # nothing of it stays behind in the dictionaries (the window bounds the index's memory)
-    assert not index._postings and not index._by_url and not index._by_title and not index._expiry
+    assert not (len(index._postings) or len(index._by_url) or len(index._by_title) or len(index._by_id))
+    assert not index._extra and index._free == [0]  # the slot is reused by the next story
     assert index.expire(after) == []
     assert index.match(title, "https://example.com/quake", "baidu", after) is None
     assert assign(index, [_item(8, "缅甸7.9级地震", "baidu")], after) == [8]
@@ -282,7 +283,10 @@ def test_a_capped_index_drops_the_story_seen_least_recently() -> None:
     # Another member of a kept story is no new story: nothing more is dropped.
     index.add_item(3, normalize_title("国足战胜对手"), None, "baidu", later)
     assert len(index) == 2 and index.evicted == 1
-    assert all(2 not in ([p] if isinstance(p, int) else p) for p in index._postings.values())
+    # the dropped story's slot went to story 3: every n-gram of the first title left with it
+    assert index._slot(2) < 0 and len(index._by_title) == 3
+    held = {(key, s) for s in range(2) for t in index._title_keys(s) for key in index._features(t).keys}
+    assert len(index._postings) == len(held) and all(index._postings.has(key, s) for key, s in held)
 
 
 def test_custom_window_and_threshold() -> None:
