@@ -29,7 +29,6 @@ import re
 import sys
 import zlib
 from array import array
-from bisect import bisect_left
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from datetime import datetime
 from heapq import heappop, heappush
 from operator import itemgetter
 from typing import Protocol
+
+from aggregator.slotmap import U32, SlotMap, put_row
 
 # Similarity 0.5 is a shorter title 75% covered once penalties are applied. On the labelled pairs
 # in tests/data/dedupe_pairs.tsv precision is flat (0.95) for coverage cuts 0.72-0.76 and falls
@@ -349,72 +350,9 @@ def title_similarity(a_norm: str, b_norm: str) -> float:
     return features_similarity(title_features(a_norm), title_features(b_norm))
 
 
-_U32 = 0xFFFF_FFFF
 _NO_URL = 0  # `_url` of a story without a URL (a URL hashing to 0 is stored as 1)
 _NEVER = 1 << 40  # POSIX seconds after every last sighting
 _FREE = float("nan")  # `_seen` of a free slot: never active (NaN >= x is false), never expired
-
-
-class _SlotMap:
-    """Integer keys to story slots, several slots per key, in arrays instead of objects.
-
-    2**bits buckets, each a sorted `array('Q')` of ``(key >> bits) << 32 | slot`` for the keys
-    whose low bits are the bucket's: 8 bytes an entry where a dict entry and its int objects take
-    about 100. Looking up, adding and removing are bisections and one memmove in C. A key keeps
-    bits + 32 of its bits, so two keys of a big window can share an entry: callers that need the
-    exact key (titles, URLs, story ids) check it against what the slot holds.
-    """
-
-    __slots__ = ("_bits", "_buckets", "_mask")
-
-    def __init__(self, bits: int) -> None:
-        self._bits = bits
-        self._mask = (1 << bits) - 1
-        self._buckets = [array("Q") for _ in range(1 << bits)]
-
-    def __len__(self) -> int:
-        return sum(map(len, self._buckets))
-
-    def span(self, key: int) -> tuple[array[int], int, int]:
-        """The bucket holding `key` and the range of its entries there (a slot is `entry & _U32`)."""
-        bucket = self._buckets[key & self._mask]
-        prefix = ((key >> self._bits) & _U32) << 32
-        lo = bisect_left(bucket, prefix)
-        if lo == len(bucket) or bucket[lo] - prefix > _U32:
-            return bucket, lo, lo  # the usual answer for a key not held, without a second bisection
-        return bucket, lo, bisect_left(bucket, prefix + (1 << 32), lo)
-
-    def first(self, key: int) -> int:
-        """The lowest slot held for `key`, or -1 (one bisection: exact keys seldom share an entry)."""
-        bucket = self._buckets[key & self._mask]
-        prefix = ((key >> self._bits) & _U32) << 32
-        i = bisect_left(bucket, prefix)
-        if i < len(bucket) and (packed := bucket[i]) - prefix <= _U32:
-            return packed & _U32
-        return -1
-
-    def slots(self, key: int) -> list[int]:
-        bucket, lo, hi = self.span(key)
-        return [packed & _U32 for packed in bucket[lo:hi]] if hi > lo else []
-
-    def _find(self, key: int, slot: int) -> tuple[array[int], int, int]:
-        bucket = self._buckets[key & self._mask]
-        packed = ((key >> self._bits) & _U32) << 32 | slot
-        return bucket, bisect_left(bucket, packed), packed
-
-    def has(self, key: int, slot: int) -> bool:
-        bucket, i, packed = self._find(key, slot)
-        return i < len(bucket) and bucket[i] == packed
-
-    def add(self, key: int, slot: int) -> None:
-        bucket, i, packed = self._find(key, slot)
-        if i == len(bucket) or bucket[i] != packed:
-            bucket.insert(i, packed)
-
-    def remove(self, key: int, slot: int) -> None:
-        bucket, i, packed = self._find(key, slot)
-        if i < len(bucket) and bucket[i] == packed:
-            del bucket[i]
 
 
 @dataclass(slots=True)
@@ -437,7 +375,7 @@ class StoryIndex:
 
     Each story has a slot: a position in the per-story arrays (id, last seen as POSIX seconds,
     first source, first URL's hash, the bounds `match` uses) and in `_titles`, its first wording.
-    The maps from n-grams, wordings, URLs and ids to slots are `_SlotMap`s. What a story has
+    The maps from n-grams, wordings, URLs and ids to slots are `SlotMap`s. What a story has
     beyond one source, wording and URL is in `_extra`. About 300 bytes a story where objects
     per story and per n-gram took 1.2 KB in bench/ingest.py, with the lookups as fast.
     """
@@ -481,11 +419,11 @@ class StoryIndex:
         self._queued = array("I")
         self._source_names: list[str] = []
         self._source_slot: dict[str, int] = {}
-        self._by_id = _SlotMap(11)  # story id → its slot
+        self._by_id = SlotMap(11)  # story id → its slot
         # n-gram (as a CRC-32, see _gram_key) → the stories holding it
-        self._postings = _SlotMap(13)
-        self._by_url = _SlotMap(11)  # hash(canonical URL) → story
-        self._by_title = _SlotMap(11)  # hash(normalized title) → story
+        self._postings = SlotMap(13)
+        self._by_url = SlotMap(11)  # hash(canonical URL) → story
+        self._by_title = SlotMap(11)  # hash(normalized title) → story
         self._feature_cache: OrderedDict[str, TitleFeatures] = OrderedDict()
 
     def __len__(self) -> int:
@@ -566,7 +504,7 @@ class StoryIndex:
             if hi == lo:
                 continue
             if hi - lo <= MAX_POSTING_STORIES:
-                listed.extend([packed & _U32 for packed in bucket[lo:hi]])
+                listed.extend([packed & U32 for packed in bucket[lo:hi]])
             else:
                 common.append(key)
         if not listed:
@@ -610,24 +548,10 @@ class StoryIndex:
         return extra is None or not extra.sources
 
     def _new_slot(self, story_id: int, seen_at: float, source: int) -> int:
-        if self._free:
-            slot = self._free.pop()
-            self._ids[slot] = story_id
-            self._seen[slot] = seen_at
-            self._source[slot] = source
-            self._url[slot] = _NO_URL
-            self._min_weight[slot] = _U32
-            self._max_repeats[slot] = 0
-        else:
-            slot = len(self._ids)
-            self._ids.append(story_id)
-            self._seen.append(seen_at)
-            self._source.append(source)
-            self._url.append(_NO_URL)
-            self._min_weight.append(_U32)
-            self._max_repeats.append(0)
-            self._titles.append(None)
-            self._queued.append(0)
+        columns = (self._ids, self._seen, self._source, self._url, self._min_weight, self._max_repeats, self._titles)
+        slot = put_row(columns, (story_id, seen_at, source, _NO_URL, U32, 0, None), self._free)
+        if slot == len(self._queued):
+            self._queued.append(0)  # a reused slot keeps its count: its old heap entries are still there
         self._by_id.add(story_id, slot)
         self._count += 1
         self._queue(slot, seen_at)
@@ -643,7 +567,7 @@ class StoryIndex:
         expiry, seen, queued = self._expiry, self._seen, self._queued
         while expiry and expiry[0] >> 32 < before:
             entry = heappop(expiry)
-            slot = entry & _U32
+            slot = entry & U32
             queued[slot] -= 1
             seen_ts = seen[slot]
             if seen_ts < before and int(seen_ts) == entry >> 32:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from heapq import nsmallest
 from pathlib import Path
 
 from aggregator.backoff import retry_delay_s
@@ -24,6 +27,7 @@ from aggregator.export import ExportDoc, write_export
 from aggregator.models import Collected, Item, PollResult, SourceState
 from aggregator.normalize import IdentityMemo, normalize_items, normalize_title
 from aggregator.settings import Settings, SourceSettings
+from aggregator.slotmap import SlotMap, put_row
 from aggregator.store import ActiveItem, PollWrite, PollWritten, SourceUpdate, Store
 
 log = logging.getLogger("aggregator.poll")
@@ -44,13 +48,87 @@ def _signature(title: str, url: str | None, summary: str | None) -> int:
     return hash((title, url, summary))
 
 
+class KnownItems:
+    """The items seen within the dedupe window: item id → its story, a signature of what the
+    store has, and when it was last seen.
+
+    In arrays, as the story index (`aggregator.slotmap`): about 40 bytes an item where a dict
+    entry, its tuple and int objects took 150. With a cap (0: none), remembering one item past
+    it forgets those seen least recently (1/64 of the cap at once, at least one, so that one
+    scan pays for many): if one comes back, that poll writes it again.
+    """
+
+    def __init__(self, cap: int = 0) -> None:
+        self.cap = cap
+        self._count = 0
+        self._by_id = SlotMap(11)
+        self._ids = array("q")
+        self._stories = array("q")
+        self._signatures = array("q")
+        self._seen = array("d")  # POSIX seconds; NaN for a free slot
+        self._free: list[int] = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __contains__(self, item_id: object) -> bool:
+        return isinstance(item_id, int) and self._slot(item_id) >= 0
+
+    def _slot(self, item_id: int) -> int:
+        slot = self._by_id.first(item_id)
+        if slot < 0 or self._ids[slot] == item_id:
+            return slot
+        return next((s for s in self._by_id.slots(item_id) if self._ids[s] == item_id), -1)
+
+    def get(self, item_id: int) -> tuple[int, int] | None:
+        """(story id, signature) of a known item, or None."""
+        slot = self._slot(item_id)
+        return None if slot < 0 else (self._stories[slot], self._signatures[slot])
+
+    def remember(self, item_id: int, story_id: int, signature: int, seen_at: datetime) -> None:
+        seen = seen_at.timestamp()
+        slot = self._slot(item_id)
+        if slot >= 0:
+            self._stories[slot] = story_id
+            self._signatures[slot] = signature
+            self._seen[slot] = max(self._seen[slot], seen)
+            return
+        columns = (self._ids, self._stories, self._signatures, self._seen)
+        slot = put_row(columns, (item_id, story_id, signature, seen), self._free)
+        self._by_id.add(item_id, slot)
+        self._count += 1
+        if self.cap and self._count > self.cap:
+            seen_at_of = self._seen.__getitem__
+            live = [s for s in range(len(self._ids)) if s != slot and seen_at_of(s) == seen_at_of(s)]  # not NaN
+            for old in nsmallest(max(1, self.cap >> 6), live, key=seen_at_of):
+                self._drop(old)
+
+    def forget(self, item_id: int) -> None:
+        slot = self._slot(item_id)
+        if slot >= 0:
+            self._drop(slot)
+
+    def expire(self, cutoff: datetime) -> int:
+        """Forget the items last seen before `cutoff`; returns how many."""
+        before = cutoff.timestamp()
+        old = [slot for slot, seen in enumerate(self._seen) if seen < before]
+        for slot in old:
+            self._drop(slot)
+        return len(old)
+
+    def _drop(self, slot: int) -> None:
+        self._by_id.remove(self._ids[slot], slot)
+        self._seen[slot] = math.nan
+        self._free.append(slot)
+        self._count -= 1
+
+
 @dataclass
 class StoryAssigner:
     """Which story each item belongs to: known items keep theirs, new ones are clustered.
 
-    `known` holds the items seen within the dedupe window (item id → story id, a signature
-    of what the store has, and when the item was last seen), so a poll of a list it knows
-    writes no item rows.
+    `known` holds the items seen within the dedupe window (`KnownItems`), so a poll of a list
+    it knows writes no item rows.
     A new item joins the active story whose URL or title it matches (`dedupe`), else it
     starts one with its own id.
     """
@@ -58,39 +136,29 @@ class StoryAssigner:
     window_s: float
     threshold: float = DEFAULT_THRESHOLD
     max_stories: int = 0  # the index's cap (0: none); `known` keeps at most KNOWN_PER_STORY times it
-    known: dict[int, tuple[int, int, datetime]] = field(default_factory=dict)
+    known: KnownItems = field(init=False)
     index: StoryIndex = field(init=False)
     _warned_full: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
         self.index = StoryIndex(self.threshold, self.window_s, self.max_stories)
+        self.known = KnownItems(KNOWN_PER_STORY * self.max_stories)
 
-    def _remember(self, item_id: int, entry: tuple[int, int, datetime]) -> None:
-        known = self.known
-        cap = KNOWN_PER_STORY * self.max_stories
-        if cap and len(known) > cap // 2:
-            # Last seen last, so the first is the one seen least recently (the index's own
-            # order). Only near the cap, where the order decides what goes: moving an entry
-            # leaves a slot behind, and on a map far from its cap that was 2 MB of peak memory
-            # in the ingest bench for nothing.
-            known.pop(item_id, None)
-        known[item_id] = entry
-        if cap and len(known) > cap:
-            # The one seen least recently goes: if it comes back, that poll writes it again.
-            del known[next(iter(known))]
+    def _remember(self, item_id: int, story_id: int, signature: int, seen_at: datetime) -> None:
+        self.known.remember(item_id, story_id, signature, seen_at)
         if self.index.evicted and not self._warned_full:
             self._warned_full = True
             log.warning(
                 "the story index is full (dedupe.max_stories = %d): the stories seen least recently are "
                 "dropped before dedupe.window ends, so a new item can no longer join them; raise "
-                "dedupe.max_stories (about 2 KB of memory a story) or shorten dedupe.window",
+                "dedupe.max_stories (about 500 bytes of memory a story) or shorten dedupe.window",
                 self.max_stories,
             )
 
     def load(self, active: Sequence[ActiveItem]) -> None:
         for a in active:
             self.index.add_item(a.story_id, normalize_title(a.title), a.canonical_url, a.source_id, a.last_seen_at)
-            self._remember(a.item_id, (a.story_id, _signature(a.title, a.url, a.summary), a.last_seen_at))
+            self._remember(a.item_id, a.story_id, _signature(a.title, a.url, a.summary), a.last_seen_at)
 
     def assign(self, items: Sequence[Item], now: datetime) -> tuple[list[int], list[bool]]:
         """(proposed story per item, whether the item must be written)."""
@@ -118,13 +186,11 @@ class StoryAssigner:
         upserted item belongs to (empty before the write: the proposals stand)."""
         for it, proposed, wrote in zip(items, story_ids, upserted, strict=True):
             story = stories.get(it.item_id, proposed)
-            if story == proposed:
-                story = proposed  # one int object for the id, not another from each database row
             if wrote or it.item_id not in self.known:
                 self.index.add_item(story, it.norm_title, it.canonical_url, it.source_id, now)
             else:
                 self.index.touch(story, now)
-            self._remember(it.item_id, (story, _signature(it.title, it.url, it.summary), now))
+            self._remember(it.item_id, story, _signature(it.title, it.url, it.summary), now)
 
     def correct(
         self, items: Sequence[Item], story_ids: Sequence[int], stories: Mapping[int, int], now: datetime
@@ -135,22 +201,19 @@ class StoryAssigner:
             real = stories.get(it.item_id, proposed)
             if real != proposed:
                 self.index.add_item(real, it.norm_title, it.canonical_url, it.source_id, now)
-                self._remember(it.item_id, (real, _signature(it.title, it.url, it.summary), now))
+                self._remember(it.item_id, real, _signature(it.title, it.url, it.summary), now)
 
     def forget(self, items: Sequence[Item], upserted: Sequence[bool]) -> None:
         """A write committed ahead of its result failed: the items it was to write are
         unknown again, so the next poll writes them (the index keeps their titles)."""
         for it, wrote in zip(items, upserted, strict=True):
             if wrote:
-                self.known.pop(it.item_id, None)
+                self.known.forget(it.item_id)
 
     def expire(self, now: datetime) -> int:
-        cutoff = now - timedelta(seconds=self.window_s)
-        old = [iid for iid, entry in self.known.items() if entry[2] < cutoff]
-        for iid in old:
-            del self.known[iid]
+        forgotten = self.known.expire(now - timedelta(seconds=self.window_s))
         self.index.expire(now)
-        return len(old)
+        return forgotten
 
 
 @dataclass

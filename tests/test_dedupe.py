@@ -23,7 +23,7 @@ from aggregator.dedupe import (
 )
 from aggregator.models import RawItem
 from aggregator.normalize import canonical_url, normalize_items, normalize_title
-from aggregator.pipeline import StoryAssigner
+from aggregator.pipeline import KnownItems, StoryAssigner
 
 PAIRS = Path(__file__).parent / "data" / "dedupe_pairs.tsv"
 NOW = datetime(2025, 3, 28, 12, 0, tzinfo=UTC)
@@ -348,3 +348,22 @@ def test_an_item_listed_at_every_poll_stays_known_when_the_cap_is_reached() -> N
     for n in range(1, 10):  # each poll: the hot item again and one that comes and goes
         assert poll(n, ["一直在榜上的热搜", f"第{n}条昙花一现 {chr(0x4E00 + 211 * n)}"]) == [False, True]
     assert hot[0].item_id in assigner.known and len(assigner.known) == 4
+
+
+def test_known_items_remember_update_forget_and_expire() -> None:
+    known = KnownItems()
+    ids = [(1 << 62) + n for n in range(5)]  # 63-bit ids, as item_id_of gives
+    for n, item_id in enumerate(ids):
+        known.remember(item_id, 100 + n, -n, NOW + timedelta(minutes=n))
+    assert len(known) == 5 and known.get(ids[2]) == (102, -2) and ids[4] in known
+    assert known.get(ids[0] + 5) is None and (ids[0] + 5) not in known
+    known.remember(ids[0], 900, 7, NOW + timedelta(minutes=10))  # seen again, in another story
+    assert known.get(ids[0]) == (900, 7) and len(known) == 5
+    known.forget(ids[1])
+    known.forget(ids[1])  # forgetting an unknown item is no error
+    assert ids[1] not in known and len(known) == 4
+    # last seen before the cutoff: 2 and 3 (0 was seen again at minute 10)
+    assert known.expire(NOW + timedelta(minutes=3, seconds=30)) == 2
+    assert [known.get(i) is not None for i in ids] == [True, False, False, False, True]
+    known.remember(ids[3], 103, 3, NOW + timedelta(minutes=20))  # a freed slot is reused
+    assert len(known) == 3 and known.get(ids[3]) == (103, 3) and known.get(ids[4]) == (104, -4)
