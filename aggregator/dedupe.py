@@ -145,12 +145,16 @@ _SCORE_SPLIT_RE = re.compile(r"\s*[:：比]\s*")
 class TitleFeatures:
     """What the similarity looks at in one normalized title."""
 
-    grams: frozenset[str]  # CJK bigrams, CJK/Latin boundary bigrams, Latin words and numbers
-    ordered_grams: tuple[str, ...]  # the same in reading order, so that lookups are reproducible
-    # Per gram of ordered_grams, the tokens its occurrences cover as a bit mask (bit i: token i).
+    # The n-grams (CJK bigrams, CJK/Latin boundary bigrams, Latin words and numbers) as their
+    # posting keys (`_gram_key`), in reading order so that lookups are reproducible: 4 bytes
+    # each, where the n-gram strings of the cached features and the interpreter's table of
+    # interned strings took 4.6 MB in bench/ingest.py. Two n-grams of a pair of titles sharing a
+    # CRC-32 counts one shared n-gram too many, about once in 10^8 pairs.
+    keys: array[int]
+    grams: frozenset[int]  # the same as a set
+    # Per key, the tokens its n-gram's occurrences cover as a bit mask (bit i: token i).
     # Two ints per title instead of a tuple per n-gram: thousands of titles' features are cached.
     gram_masks: tuple[int, ...]
-    keys: array[int]  # per gram of ordered_grams, its posting key (`_gram_key`), 4 bytes each
     weighted_mask: int  # the tokens that count (English stopwords and single letters do not)
     weight: int  # number of tokens that count
     repeats: int  # n-grams occurring more than once (spans - distinct grams), for the score bound
@@ -240,7 +244,7 @@ def title_features(norm_title: str) -> TitleFeatures:
             for char in token:
                 char = _intern(char)
                 if index > run_start:
-                    gram = _intern(tokens[-1] + char)
+                    gram = tokens[-1] + char
                     masks[gram] = masks.get(gram, 0) | (3 << (index - 1))
                     span_count += 1
                 tokens.append(char)
@@ -264,11 +268,11 @@ def title_features(norm_title: str) -> TitleFeatures:
             if counts:
                 token = _stem(token)
                 names.add(token)
-        # Tokens and n-grams recur across titles: interned, the cached features share them.
+        # Tokens recur across titles: interned, the cached features share them.
         token = _intern(token)
         index = len(tokens)
         if index > run_start and prev_cjk:
-            gram = _intern(tokens[-1] + token)
+            gram = tokens[-1] + token
             masks[gram] = masks.get(gram, 0) | (3 << (index - 1))
             span_count += 1
         if counts:
@@ -278,15 +282,14 @@ def title_features(norm_title: str) -> TitleFeatures:
         weighted.append(counts)
         prev_cjk = False
     counted = [t for t, w in zip(tokens, weighted, strict=True) if w]
-    ordered = tuple(masks)
+    keys = array("I", map(_gram_key, masks))
     return TitleFeatures(
-        grams=frozenset(ordered),
-        ordered_grams=ordered,
+        keys=keys,
+        grams=frozenset(keys),
         gram_masks=tuple(masks.values()),
-        keys=array("I", map(_gram_key, ordered)),
         weighted_mask=sum(1 << i for i, w in enumerate(weighted) if w),
         weight=len(counted),
-        repeats=span_count - len(ordered),
+        repeats=span_count - len(masks),
         first=counted[0] if counted else None,
         tokens=tuple(dict.fromkeys(counted)),
         numbers=frozenset(numbers) if numbers else _EMPTY,
@@ -299,8 +302,8 @@ def _coverage(a: TitleFeatures, b: TitleFeatures) -> float:
     """Share of a's counting tokens that lie inside an n-gram b also has."""
     covered = 0
     b_grams = b.grams
-    for gram, mask in zip(a.ordered_grams, a.gram_masks, strict=True):
-        if gram in b_grams:
+    for key, mask in zip(a.keys, a.gram_masks, strict=True):
+        if key in b_grams:
             covered |= mask
     return (covered & a.weighted_mask).bit_count() / a.weight
 
