@@ -150,8 +150,9 @@ class TitleFeatures:
     # each, where the n-gram strings of the cached features and the interpreter's table of
     # interned strings took 4.6 MB in bench/ingest.py. Two n-grams of a pair of titles sharing a
     # CRC-32 counts one shared n-gram too many, about once in 10^8 pairs.
+    # Distinct; no set of them is kept (sets of ints were 1 KB a cached title): the similarity
+    # makes the two it compares.
     keys: array[int]
-    grams: frozenset[int]  # the same as a set
     # Per key, the tokens its n-gram's occurrences cover as a bit mask (bit i: token i).
     # Two ints per title instead of a tuple per n-gram: thousands of titles' features are cached.
     gram_masks: tuple[int, ...]
@@ -282,11 +283,13 @@ def title_features(norm_title: str) -> TitleFeatures:
         weighted.append(counts)
         prev_cjk = False
     counted = [t for t, w in zip(tokens, weighted, strict=True) if w]
-    keys = array("I", map(_gram_key, masks))
+    key_masks: dict[int, int] = {}
+    for gram, mask in masks.items():
+        key = _gram_key(gram)
+        key_masks[key] = key_masks.get(key, 0) | mask
     return TitleFeatures(
-        keys=keys,
-        grams=frozenset(keys),
-        gram_masks=tuple(masks.values()),
+        keys=array("I", key_masks),
+        gram_masks=tuple(key_masks.values()),
         weighted_mask=sum(1 << i for i, w in enumerate(weighted) if w),
         weight=len(counted),
         repeats=span_count - len(masks),
@@ -298,10 +301,9 @@ def title_features(norm_title: str) -> TitleFeatures:
     )
 
 
-def _coverage(a: TitleFeatures, b: TitleFeatures) -> float:
-    """Share of a's counting tokens that lie inside an n-gram b also has."""
+def _coverage(a: TitleFeatures, b_grams: set[int]) -> float:
+    """Share of a's counting tokens that lie inside an n-gram of `b_grams` (another title's keys)."""
     covered = 0
-    b_grams = b.grams
     for key, mask in zip(a.keys, a.gram_masks, strict=True):
         if key in b_grams:
             covered |= mask
@@ -321,15 +323,16 @@ def features_similarity(a: TitleFeatures, b: TitleFeatures) -> float:
 
 def _similarity(a: TitleFeatures, b: TitleFeatures, floor: float) -> float:
     """The similarity, or 0.0 early when it cannot reach `floor` (the result is the same either way)."""
-    if not a.grams or not b.grams:
+    if not a.keys or not b.keys:
         return 1.0 if a.text and a.text == b.text else 0.0
-    shared = len(a.grams & b.grams)
+    a_grams, b_grams = set(a.keys), set(b.keys)
+    shared = len(a_grams & b_grams)
     if shared == 0:
         return 0.0
-    size_a, size_b = (a.weight, len(a.grams)), (b.weight, len(b.grams))
-    short, long_ = (a, b) if size_a <= size_b else (b, a)
+    size_a, size_b = (a.weight, len(a.keys)), (b.weight, len(b.keys))
+    short = a if size_a <= size_b else b
     factor = 1.0
-    if len(short.grams) <= TINY_GRAMS and short.grams != long_.grams:
+    if len(short.keys) <= TINY_GRAMS and a_grams != b_grams:
         factor *= TINY_FACTOR
     if _numbers_conflict(a.numbers, b.numbers):
         factor *= NUMBER_CONFLICT_FACTOR
@@ -342,7 +345,10 @@ def _similarity(a: TitleFeatures, b: TitleFeatures, floor: float) -> float:
     if floor > 0.0 and 2.0 * bound * factor - 1.0 < floor:
         return 0.0
     # equal sizes: the lower coverage, so that the similarity is symmetric
-    coverage = _coverage(short, long_) if size_a != size_b else min(_coverage(a, b), _coverage(b, a))
+    if size_a != size_b:
+        coverage = _coverage(a, b_grams) if short is a else _coverage(b, a_grams)
+    else:
+        coverage = min(_coverage(a, b_grams), _coverage(b, a_grams))
     return max(0.0, 2.0 * coverage * factor - 1.0)
 
 
