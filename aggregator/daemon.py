@@ -28,6 +28,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
+from aggregator import malloc
 from aggregator.backoff import retry_delay_s
 from aggregator.collectors import collectors
 from aggregator.collectors.fetch import make_fetcher
@@ -103,6 +104,7 @@ WRITER_SWITCH_INTERVAL_S = 0.0001
 
 async def open_context(settings: Settings, store: Store) -> PollContext:
     now = utc_now()
+    malloc.tune()  # before the poll path's first allocations, as the switch interval below
     if store.ordered_writes:
         sys.setswitchinterval(min(sys.getswitchinterval(), WRITER_SWITCH_INTERVAL_S))
     log_moved(await store.sync_sources(settings.sources, now))
