@@ -22,7 +22,6 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aggregator.errors import StoreError
 from aggregator.models import Item, PollResult, SourceState
@@ -33,6 +32,7 @@ from aggregator.store import poll_sqlite
 from aggregator.store.checkpoint import Checkpointer
 from aggregator.store.gate import WriterGate
 from aggregator.store.schema import UtcDateTime, items, meta, observations, polls, sources, stories, story_scores
+from aggregator.store.threaded import DbConnection, DbEngine
 
 # A source whose last good list is older than this no longer counts as "on the list":
 # a source failing for a day should not keep its stale list at the top.
@@ -123,7 +123,7 @@ def _store_error(exc: BaseException, doing: str) -> StoreError:
 class Store:
     """Async access to one database (SQLite file or PostgreSQL)."""
 
-    def __init__(self, engine: AsyncEngine, *, busy_timeout_s: float = 10.0) -> None:
+    def __init__(self, engine: DbEngine, *, busy_timeout_s: float = 10.0) -> None:
         self.engine = engine
         self.is_sqlite = engine.dialect.name == "sqlite"
         # SQLite: polls are written by one thread on its own synchronous connection.
@@ -146,7 +146,7 @@ class Store:
         self._write_lock: asyncio.Lock | None = asyncio.Lock() if self.is_sqlite and self._gate is None else None
 
     @contextlib.asynccontextmanager
-    async def _begin(self) -> AsyncIterator[AsyncConnection]:
+    async def _begin(self) -> AsyncIterator[DbConnection]:
         if self._gate is not None:
             async with self._gate.exclusive(), self._writer.begin() as conn:
                 yield conn
@@ -434,7 +434,7 @@ class Store:
         return heats
 
     @contextlib.asynccontextmanager
-    async def _reading(self, doing: str) -> AsyncIterator[AsyncConnection]:
+    async def _reading(self, doing: str) -> AsyncIterator[DbConnection]:
         try:
             async with self.engine.connect() as conn:
                 yield conn
@@ -922,7 +922,7 @@ class Store:
             return int((await conn.execute(sa.select(sa.func.count()).select_from(polls))).scalar_one())
 
 
-async def _leading_positions(conn: AsyncConnection, sql: str, limit: int) -> list[Any]:
+async def _leading_positions(conn: DbConnection, sql: str, limit: int) -> list[Any]:
     """`sql` (with `{ranked}` standing for ranked_items) for the ranked_items rows at
     positions 1..limit, in position order.
 
@@ -952,12 +952,12 @@ _POSITIONS = sa.text(
 ).bindparams(sa.bindparam("ids", expanding=True))
 
 
-async def _positions(conn: AsyncConnection, story_ids: Sequence[int]) -> dict[int, int]:
+async def _positions(conn: DbConnection, story_ids: Sequence[int]) -> dict[int, int]:
     """Each story's position in ranked_items; stories not ranked are left out."""
     return {int(r.id): int(r.position) for r in await conn.execute(_POSITIONS, {"ids": list(story_ids)})}
 
 
-async def _top_of_source(conn: AsyncConnection, source_id: str, limit: int) -> list[Any]:
+async def _top_of_source(conn: DbConnection, source_id: str, limit: int) -> list[Any]:
     """The first `limit` ranked_items rows of the stories `source_id` listed, in position order.
 
     A source's best stories are mostly near the top: they are looked for among the first
@@ -1024,7 +1024,7 @@ SOURCE_STATE_RESET: dict[str, Any] = {
 }
 
 
-def _upsert(conn: AsyncConnection, table: sa.Table) -> Any:
+def _upsert(conn: DbConnection, table: sa.Table) -> Any:
     return _upsert_dialect(conn.dialect.name, table)
 
 
@@ -1056,7 +1056,7 @@ def _db_times(dialect: Dialect) -> Callable[[datetime], Any]:
     return text
 
 
-async def _execute_batches(conn: AsyncConnection, stmt: Any, rows: Iterable[dict[str, Any]]) -> None:
+async def _execute_batches(conn: DbConnection, stmt: Any, rows: Iterable[dict[str, Any]]) -> None:
     """`stmt` for each of `rows` (values as `_db_times` gives them), RESCORE_BATCH at a time.
 
     On SQLite through the driver's executemany with the statement compiled once: SQLAlchemy's

@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from aggregator.errors import StoreError
 from aggregator.resources import migrations_dir
 from aggregator.store import poll_sqlite
 from aggregator.store.checkpoint import BACKSTOP_AUTOCHECKPOINT_PAGES
+from aggregator.store.threaded import DbEngine, ThreadedEngine
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -53,12 +53,13 @@ def shown_url(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-# The database URL schemes the store runs on, and the async driver it uses for each
-# (`[store] url` accepts these and nothing else).
+# The database URL schemes the store runs on, and the driver it uses for each (`[store] url`
+# accepts these and nothing else). SQLite runs on pysqlite in worker threads
+# (`threaded.ThreadedEngine`), also for the `+aiosqlite` URLs of older settings.
 ASYNC_DRIVERS = {
-    "sqlite": "sqlite+aiosqlite",
-    "sqlite+pysqlite": "sqlite+aiosqlite",
-    "sqlite+aiosqlite": "sqlite+aiosqlite",
+    "sqlite": "sqlite+pysqlite",
+    "sqlite+pysqlite": "sqlite+pysqlite",
+    "sqlite+aiosqlite": "sqlite+pysqlite",
     "postgresql": "postgresql+asyncpg",
     "postgres": "postgresql+asyncpg",
     "postgresql+asyncpg": "postgresql+asyncpg",
@@ -67,25 +68,51 @@ ASYNC_DRIVERS = {
 }
 
 
-def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
+# SQLite connections: one writer at a time (the store queues writers) plus a reader or two;
+# each connection keeps its own page cache.
+SQLITE_POOL_SIZE = 3
+SQLITE_MAX_OVERFLOW = 2
+
+
+def make_engine(url: str, *, busy_timeout_s: float, pool_size: int = 5, max_overflow: int = 5) -> DbEngine:
+    """The store's engine: SQLite on pysqlite in worker threads, PostgreSQL on asyncpg.
+
+    SQLAlchemy's asyncio extension (its package imports the ORM and greenlet, about 7.8 MB)
+    is imported only here, for PostgreSQL.
+    """
     parsed = make_url(url)
     driver = ASYNC_DRIVERS.get(parsed.drivername)
     if driver is not None and driver != parsed.drivername:
-        url = str(parsed.set(drivername=driver))
-    if url.startswith("sqlite"):
+        parsed = parsed.set(drivername=driver)
+    if parsed.drivername.startswith("sqlite"):
         path = sqlite_path(url)
         if path is not None:
             precheck_sqlite(path)
             make_data_dir(path.parent)
-        # Few connections: one writer at a time (the store queues writers) plus a reader or two;
-        # each connection keeps its own page cache.
-        engine = create_async_engine(url, connect_args={"timeout": busy_timeout_s}, pool_size=3, max_overflow=2)
-        _sqlite_events(engine.sync_engine, busy_timeout_s)
-        return engine
-    return create_async_engine(url, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+        memory = parsed.database in (None, "", ":memory:")
+        sync = sa.create_engine(
+            parsed,
+            # The connections move between the engine's threads, one thread at a time.
+            connect_args={"timeout": busy_timeout_s, "check_same_thread": False},
+            # An in-memory database is one connection's: every thread gets that one.
+            **(
+                {"poolclass": sa.pool.StaticPool}
+                if memory
+                else {
+                    "poolclass": sa.pool.QueuePool,
+                    "pool_size": SQLITE_POOL_SIZE,
+                    "max_overflow": SQLITE_MAX_OVERFLOW,
+                }
+            ),
+        )
+        _sqlite_events(sync, busy_timeout_s)
+        return ThreadedEngine(sync, threads=1 if memory else SQLITE_POOL_SIZE + SQLITE_MAX_OVERFLOW)
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    return create_async_engine(parsed, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
-def make_sqlite_sync(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engine:
+def make_sqlite_sync(engine: DbEngine, *, busy_timeout_s: float) -> sa.Engine:
     """A synchronous engine of one connection on the same SQLite database, for one thread."""
     url = engine.url.set(drivername="sqlite+pysqlite")
     sync = sa.create_engine(
@@ -99,11 +126,11 @@ def make_sqlite_sync(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engine
     return sync
 
 
-def make_sqlite_writer(engine: AsyncEngine, *, busy_timeout_s: float) -> sa.Engine:
+def make_sqlite_writer(engine: DbEngine, *, busy_timeout_s: float) -> sa.Engine:
     """The engine of the one thread that writes polls.
 
     A poll's transaction then costs one hand-off to that thread instead of one per
-    statement through aiosqlite. One connection: SQLite has one writer at a time anyway.
+    statement through the store's engine. One connection: SQLite has one writer at a time anyway.
     Its WAL checkpoints are `checkpoint.Checkpointer`'s, on another thread.
     """
     writer = make_sqlite_sync(engine, busy_timeout_s=busy_timeout_s)
@@ -294,7 +321,7 @@ def _now_text(connection: Connection) -> Any:
     return now.strftime("%Y-%m-%d %H:%M:%S") if connection.dialect.name == "sqlite" else now
 
 
-async def upgrade(engine: AsyncEngine) -> None:
+async def upgrade(engine: DbEngine) -> None:
     """Apply every pending migration (a no-op on an up-to-date database).
 
     On SQLite the transaction takes the write lock at its BEGIN: Alembic reads the revision
@@ -311,7 +338,7 @@ async def upgrade(engine: AsyncEngine) -> None:
         raise StoreError(f"cannot open the database: {_reason(exc)}") from exc
 
 
-async def check_version(engine: AsyncEngine) -> str | None:
+async def check_version(engine: DbEngine) -> str | None:
     """The schema revision of the database, after checking it is ours and not newer."""
     async with engine.connect() as conn:
         return await conn.run_sync(_check_ours)

@@ -24,7 +24,6 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.ext.asyncio import AsyncConnection
 
 from aggregator.errors import StoreError
 from aggregator.health import HEARTBEAT_KEY_PREFIX, Heartbeat
@@ -32,6 +31,7 @@ from aggregator.settings import RetentionSettings
 from aggregator.store import Store, _upsert
 from aggregator.store.engine import APPLICATION, check_version, head_revision, precheck_sqlite, sqlite_path
 from aggregator.store.schema import items, meta, observations, polls, story_scores
+from aggregator.store.threaded import DbConnection, rowcount
 
 # A heartbeat row not updated for this long belongs to a daemon that is gone (each
 # restart with the default instance id host:pid adds a row); a week keeps the last ones
@@ -171,7 +171,7 @@ class RetentionReport:
 
 
 async def _first_id_from(
-    conn: AsyncConnection, column: sa.Column[Any], time_col: sa.Column[Any], cutoff: datetime
+    conn: DbConnection, column: sa.Column[Any], time_col: sa.Column[Any], cutoff: datetime
 ) -> int | None:
     """The smallest id from which rows are no older than `cutoff` (None: the table is empty).
 
@@ -206,7 +206,7 @@ async def _first_id_from(
 
 
 async def _batch_end(
-    conn: AsyncConnection, column: sa.Column[Any], after: int | None, batch: int, *where: Any
+    conn: DbConnection, column: sa.Column[Any], after: int | None, batch: int, *where: Any
 ) -> int | None:
     """The key value that closes the next batch of `batch` rows after `after` (None: no rows left)."""
     q = sa.select(column.label("k")).select_from(column.table).where(*where)
@@ -262,7 +262,7 @@ async def apply_retention(
         async with store.engine.connect() as conn:
             bound = await _first_id_from(conn, polls.c.id, polls.c.finished_at, cutoff)
 
-        async def observations_step(conn: AsyncConnection, after: int | None) -> tuple[int, int | None]:
+        async def observations_step(conn: DbConnection, after: int | None) -> tuple[int, int | None]:
             if bound is None:
                 return 0, None
             end = await _batch_end(conn, observations.c.poll_id, after, batch, observations.c.poll_id < bound)
@@ -273,7 +273,7 @@ async def apply_retention(
                     _in_range(observations.c.poll_id, after, end), observations.c.collected_at < cutoff
                 )
             )
-            return done.rowcount, end
+            return rowcount(done), end
 
         report.observations = await run_batches(observations_step)
 
@@ -283,7 +283,7 @@ async def apply_retention(
         async with store.engine.connect() as conn:
             bound = await _first_id_from(conn, polls.c.id, polls.c.finished_at, cutoff)
 
-        async def polls_step(conn: AsyncConnection, after: int | None) -> tuple[int, int | None]:
+        async def polls_step(conn: DbConnection, after: int | None) -> tuple[int, int | None]:
             if bound is None:
                 return 0, None
             end = await _batch_end(conn, polls.c.id, after, batch, polls.c.id < bound)
@@ -293,7 +293,7 @@ async def apply_retention(
             done = await conn.execute(
                 polls.delete().where(_in_range(polls.c.id, after, end), polls.c.started_at < cutoff, ~listed)
             )
-            return done.rowcount, end
+            return rowcount(done), end
 
         report.polls = await run_batches(polls_step)
 
@@ -302,7 +302,7 @@ async def apply_retention(
         report.cutoffs["content"] = cutoff
         old_content = (items.c.content.is_not(None), items.c.last_seen_at < cutoff)
 
-        async def content_step(conn: AsyncConnection, after: int | None) -> tuple[int, int | None]:
+        async def content_step(conn: DbConnection, after: int | None) -> tuple[int, int | None]:
             end = await _batch_end(conn, items.c.id, after, batch, *old_content)
             if end is None:
                 return 0, None
@@ -311,7 +311,7 @@ async def apply_retention(
                 .where(_in_range(items.c.id, after, end), *old_content)
                 .values(content=None, content_status=CONTENT_PRUNED)
             )
-            return done.rowcount, end
+            return rowcount(done), end
 
         report.contents = await run_batches(content_step)
 
@@ -319,13 +319,13 @@ async def apply_retention(
         cutoff = now - timedelta(seconds=settings.scores)
         report.cutoffs["scores"] = cutoff
 
-        async def scores_step(conn: AsyncConnection, after: int | None) -> tuple[int, int | None]:
+        async def scores_step(conn: DbConnection, after: int | None) -> tuple[int, int | None]:
             old = story_scores.c.scored_at < cutoff
             end = await _batch_end(conn, story_scores.c.story_id, after, batch, old)
             if end is None:
                 return 0, None
             done = await conn.execute(story_scores.delete().where(_in_range(story_scores.c.story_id, after, end), old))
-            return done.rowcount, end
+            return rowcount(done), end
 
         report.scores = await run_batches(scores_step)
 
@@ -337,7 +337,7 @@ async def apply_retention(
                     meta.c.key.startswith(HEARTBEAT_KEY_PREFIX, autoescape=True), meta.c.updated_at < forget
                 )
             )
-            report.heartbeats = done.rowcount
+            report.heartbeats = rowcount(done)
     except (OperationalError, DBAPIError, OSError) as exc:
         raise _store_error(exc, "retention") from exc
     report.seconds = time.perf_counter() - started
