@@ -209,9 +209,9 @@ async def test_upgrade_if_needed_refuses_what_the_child_refuses(tmp_path: Path, 
 
 
 async def test_a_read_only_database_is_a_clear_error(tmp_path: Path) -> None:
-    # SQLite's own read-only mode holds even for root. (Not compared in process: aiosqlite's
-    # thread may report the failed connect to a closed loop after the test, which pytest
-    # turns into an error; the child's output survives that noise.)
+    # SQLite's own read-only mode holds even for root. (Run in the child, which is where a
+    # daemon migrates; the aiosqlite driver's thread used to report the failed connect to a
+    # closed loop after an in-process test, and the child's output survived that noise.)
     url = f"sqlite+aiosqlite:///file:{tmp_path / 'aggregator.db'}?mode=ro&uri=true"
     with pytest.raises(StoreError) as failed:
         await upgrade_in_child(url)

@@ -45,8 +45,8 @@ async def _upgrade(url: str, busy_timeout_s: float) -> int:
         finally:
             await engine.dispose()
     except StoreError as exc:
-        # Written while the loop still runs: a driver thread that outlives it (aiosqlite's,
-        # after a failed connect) may print a traceback after this line, never into it.
+        # Written while the loop still runs: a driver thread that outlives it may print a
+        # traceback after this line, never into it.
         print(ERROR_PREFIX + " ".join(str(exc).split("\n")).strip(), file=sys.stderr, flush=True)
         return EXIT_STORE_ERROR
     return 0
