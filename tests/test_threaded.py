@@ -128,7 +128,8 @@ async def test_a_cancelled_query_keeps_its_connection_until_it_ends(engine: Thre
 
     @event.listens_for(engine.sync_engine, "checkin")
     def _checkin(dbapi_connection: Any, _record: Any) -> None:
-        if slow_connection and id(dbapi_connection) == slow_connection[0]:
+        # Its first checkin (a reader may take it afterwards and check it in again).
+        if slow_connection and id(dbapi_connection) == slow_connection[0] and not checked_in_after_it_ended:
             checked_in_after_it_ended.append(slow_done.is_set())
 
     async def slow() -> None:
