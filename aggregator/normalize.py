@@ -213,7 +213,10 @@ Identity = tuple[str, str, str, str | None, str | None, str | None]
 # native id): lists repeat most of their entries from one poll to the next, so the next poll
 # of the source reuses it. A value is an `Identity` packed by `_pack`, or None for an entry
 # without a title.
-Packed = tuple[str, str | None, str | None, str | None, str | None, str | None]
+# The usual entry: the item key as an int (40 bytes where 16 hex characters take 72) and the
+# canonical URL, or None when it is the payload's URL; every other string is the payload's own.
+# Otherwise: the key and each string normalizing made new, None where it is the payload's.
+Packed = tuple[int, str | None] | tuple[int, str | None, str | None, str | None, str | None, str | None]
 IdentityMemo = dict[int, Packed | None]
 
 
@@ -223,18 +226,26 @@ def _pack(identity: Identity, raw: RawItem) -> Packed:
     and URL, and a later poll takes those strings from its own payload (`_unpack`). A URL or
     native id the cleaning dropped is "" here."""
     key, title, norm, url, canon, native_id = identity
+    key_int = int(key, 16)
+    canon_kept = None if canon is url else canon
+    if title is raw.title and norm is title and url is raw.url and native_id is raw.native_id:
+        return key_int, canon_kept
     return (
-        key,
+        key_int,
         None if title is raw.title else title,
         None if norm is title else norm,
         None if url is raw.url else (url or ""),
-        None if canon is url else canon,
+        canon_kept,
         None if native_id is raw.native_id else (native_id or ""),
     )
 
 
 def _unpack(packed: Packed, raw: RawItem) -> Identity:
-    key, kept_title, norm, url, canon, native_id = packed
+    key = f"{packed[0]:016x}"
+    if len(packed) == 2:
+        url = raw.url
+        return key, raw.title, raw.title, url, url if packed[1] is None else packed[1], raw.native_id
+    _, kept_title, norm, url, canon, native_id = packed
     title = raw.title if kept_title is None else kept_title
     url = raw.url if url is None else (url or None)
     return (

@@ -132,4 +132,6 @@ def test_memo_reuses_identities_and_keeps_no_payload_strings() -> None:
     assert [it.title for it in second[3:]] == ["甲&乙", "Show HN: Foo"]
     assert second[3].url is None and second[4].native_id == "id-7"
     assert len(memo) == 6 and sum(packed is None for packed in memo.values()) == 1
+    # the three plain entries in the short form (key and canonical URL), the two cleaned ones in full
+    assert sorted(len(packed) for packed in memo.values() if packed is not None) == [2, 2, 2, 6, 6]
     assert [it.rank for it in second] == [1, 2, 3, 4, 5]
