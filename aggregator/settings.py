@@ -120,7 +120,7 @@ class StoreSettings(_Section):
     def effective_url(self) -> str:
         if self.url:
             return self.url
-        return f"sqlite+aiosqlite:///{Path(self.data_dir) / 'aggregator.db'}"
+        return f"sqlite:///{Path(self.data_dir) / 'aggregator.db'}"
 
 
 class NewsNowSettings(_Section):
