@@ -454,10 +454,7 @@ class StoryIndex:
         return features
 
     def _slot(self, story_id: int) -> int:
-        slot = self._by_id.first(story_id)
-        if slot < 0 or self._ids[slot] == story_id:
-            return slot
-        return next((s for s in self._by_id.slots(story_id) if self._ids[s] == story_id), -1)
+        return self._by_id.find(story_id, self._ids)
 
     def _title_keys(self, slot: int) -> tuple[str, ...]:
         first = self._titles[slot]

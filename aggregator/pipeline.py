@@ -75,10 +75,7 @@ class KnownItems:
         return isinstance(item_id, int) and self._slot(item_id) >= 0
 
     def _slot(self, item_id: int) -> int:
-        slot = self._by_id.first(item_id)
-        if slot < 0 or self._ids[slot] == item_id:
-            return slot
-        return next((s for s in self._by_id.slots(item_id) if self._ids[s] == item_id), -1)
+        return self._by_id.find(item_id, self._ids)
 
     def get(self, item_id: int) -> tuple[int, int] | None:
         """(story id, signature) of a known item, or None."""

@@ -52,6 +52,14 @@ class SlotMap:
             return packed & U32
         return -1
 
+    def find(self, key: int, column: Sequence[int]) -> int:
+        """The slot held for `key` whose `column[slot]` is `key` (a column of whole keys, such as
+        ids), or -1."""
+        slot = self.first(key)
+        if slot < 0 or column[slot] == key:
+            return slot
+        return next((s for s in self.slots(key) if column[s] == key), -1)
+
     def slots(self, key: int) -> list[int]:
         bucket, lo, hi = self.span(key)
         return [packed & U32 for packed in bucket[lo:hi]] if hi > lo else []
