@@ -82,14 +82,15 @@ class KnownItems:
         slot = self._slot(item_id)
         return None if slot < 0 else (self._stories[slot], self._signatures[slot])
 
-    def remember(self, item_id: int, story_id: int, signature: int, seen_at: datetime) -> None:
+    def remember(self, item_id: int, story_id: int, signature: int, seen_at: datetime) -> bool:
+        """Record the item's story and signature as seen at `seen_at`; whether it was known."""
         seen = seen_at.timestamp()
         slot = self._slot(item_id)
         if slot >= 0:
             self._stories[slot] = story_id
             self._signatures[slot] = signature
             self._seen[slot] = max(self._seen[slot], seen)
-            return
+            return True
         columns = (self._ids, self._stories, self._signatures, self._seen)
         slot = put_row(columns, (item_id, story_id, signature, seen), self._free)
         self._by_id.add(item_id, slot)
@@ -99,6 +100,7 @@ class KnownItems:
             live = [s for s in range(len(self._ids)) if s != slot and seen_at_of(s) == seen_at_of(s)]  # not NaN
             for old in nsmallest(max(1, self.cap >> 6), live, key=seen_at_of):
                 self._drop(old)
+        return False
 
     def forget(self, item_id: int) -> None:
         slot = self._slot(item_id)
@@ -143,6 +145,9 @@ class StoryAssigner:
 
     def _remember(self, item_id: int, story_id: int, signature: int, seen_at: datetime) -> None:
         self.known.remember(item_id, story_id, signature, seen_at)
+        self._warn_if_full()
+
+    def _warn_if_full(self) -> None:
         if self.index.evicted and not self._warned_full:
             self._warned_full = True
             log.warning(
@@ -183,11 +188,13 @@ class StoryAssigner:
         upserted item belongs to (empty before the write: the proposals stand)."""
         for it, proposed, wrote in zip(items, story_ids, upserted, strict=True):
             story = stories.get(it.item_id, proposed)
-            if wrote or it.item_id not in self.known:
+            # One lookup of the item: remembering it says whether it was known already.
+            known = self.known.remember(it.item_id, story, _signature(it.title, it.url, it.summary), now)
+            if wrote or not known:
                 self.index.add_item(story, it.norm_title, it.canonical_url, it.source_id, now)
             else:
                 self.index.touch(story, now)
-            self._remember(it.item_id, story, _signature(it.title, it.url, it.summary), now)
+        self._warn_if_full()
 
     def correct(
         self, items: Sequence[Item], story_ids: Sequence[int], stories: Mapping[int, int], now: datetime
