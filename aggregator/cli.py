@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import functools
 import os
 import signal
@@ -485,7 +486,7 @@ def load_checked(config: str | None, args: argparse.Namespace | None = None) -> 
     forced = {} if args is None else {"level": args.log_level, "format": args.log_format}
     forced = {key: value for key, value in forced.items() if value}
     if forced:
-        settings = settings.model_copy(update={"log": settings.log.model_copy(update=forced)})
+        settings = dataclasses.replace(settings, log=dataclasses.replace(settings.log, **forced))
     return settings
 
 

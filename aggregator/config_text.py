@@ -11,16 +11,14 @@ serve.token is refused as too short, with the key named).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
-import typing
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel
-from pydantic.fields import FieldInfo
-
+from aggregator.checked import Section, is_marked
 from aggregator.settings import CONFIG_ENV, ENV_PREFIX, Settings, parse_duration
 from aggregator.store.engine import shown_url, sqlite_path
 
@@ -38,9 +36,9 @@ def settings_toml(settings: Settings, environ: Mapping[str, str]) -> str:
         "# store: " + _store_place(settings.store.effective_url),
         f"# secrets are shown as {MASK}: serve.token, passwords in URLs, source headers and cookies",
     ]
-    for name in Settings.model_fields:
+    for name in Settings.hints():
         section = getattr(settings, name)
-        if isinstance(section, BaseModel):
+        if isinstance(section, Section):
             lines += ["", f"[{name}]"]
             lines += [f"{_key(k)} = {v}" for k, v in _values(name, section, everything=True)]
     for source in settings.sources:
@@ -49,19 +47,22 @@ def settings_toml(settings: Settings, environ: Mapping[str, str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _values(section: str, model: BaseModel, everything: bool) -> list[tuple[str, str]]:
+def _values(section: str, model: Section, everything: bool) -> list[tuple[str, str]]:
     """(key, TOML value) of `model`: all of them, or (a source) those not at their default."""
     out = []
-    for key, field in type(model).model_fields.items():
-        value = getattr(model, key)
+    hints = model.hints()
+    for field in dataclasses.fields(model):  # type: ignore[arg-type]
+        key, value = field.name, getattr(model, field.name)
         if not everything and key not in ("id", "kind") and _same_as_default(field, value):
             continue
-        out.append((key, _toml(_masked(section, key, value), _is_duration(field))))
+        out.append((key, _toml(_masked(section, key, value), is_marked(hints[key], parse_duration))))
     return out
 
 
-def _same_as_default(field: FieldInfo, value: object) -> bool:
-    return bool(field.get_default(call_default_factory=True) == value)
+def _same_as_default(field: dataclasses.Field[Any], value: object) -> bool:
+    if field.default_factory is not dataclasses.MISSING:
+        return bool(field.default_factory() == value)
+    return field.default is not dataclasses.MISSING and bool(field.default == value)
 
 
 def _masked(section: str, key: str, value: Any) -> Any:
@@ -89,15 +90,6 @@ def _without_password(url: str) -> str:
         return url
     host = parts.netloc.rpartition("@")[2]
     return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:{MASK}@{host}"))
-
-
-def _is_duration(field: FieldInfo) -> bool:
-    def marked(metadata: typing.Iterable[Any]) -> bool:
-        return any(getattr(m, "func", None) is parse_duration for m in metadata)
-
-    if marked(field.metadata):
-        return True
-    return any(marked(getattr(arg, "__metadata__", ())) for arg in typing.get_args(field.annotation))
 
 
 def _toml(value: Any, duration: bool = False) -> str:

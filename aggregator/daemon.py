@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -30,6 +31,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from aggregator import malloc
 from aggregator.backoff import retry_delay_s
+from aggregator.checked import Section
 from aggregator.collectors import collectors
 from aggregator.collectors.fetch import make_fetcher
 from aggregator.entry import acting_on
@@ -538,11 +540,10 @@ class Daemon:
                 new.config_path or "the built-in defaults (no settings file found)",
             )
             return False
-        merged = old.model_copy(
-            update={
-                **{name: getattr(new, name) for name in RELOADED_SECTIONS},
-                "log": old.log.model_copy(update={"level": new.log.level}),
-            }
+        merged = dataclasses.replace(
+            old,
+            **{name: getattr(new, name) for name in RELOADED_SECTIONS},
+            log=dataclasses.replace(old.log, level=new.log.level),
         )
         before = {s.id: s for s in self.chosen}
         after = {s.id: s for s in chosen}
@@ -769,14 +770,14 @@ def _changed_keys(old: Settings, new: Settings, skip: Sequence[str]) -> list[str
     """`section.key` for every setting that differs between `old` and `new`, outside `skip`
     (sections, or `section.key`)."""
     keys = []
-    for name in type(old).model_fields:
+    for name in old.hints():
         if name in skip or getattr(old, name) == getattr(new, name):
             continue
         section, other = getattr(old, name), getattr(new, name)
-        fields = getattr(type(section), "model_fields", None)
-        if fields is None:
+        if not isinstance(section, Section):
             keys.append(name)
             continue
+        fields = section.hints()
         keys.extend(
             f"{name}.{key}"
             for key in fields

@@ -5,8 +5,8 @@ defaults. `AGGREGATOR_<SECTION>__<KEY>=value` overrides one key (the value is re
 TOML literal when it is one, else as a string). Every problem is a ConfigError naming
 the key; nothing is written before settings are valid.
 
-pydantic does the validation: it reports the location of every bad key, forbids
-unknown keys and coerces types, which hand-written checks would repeat for each key.
+Each section is a frozen dataclass checked as it is built (`aggregator.checked`): every
+bad key is reported with its location, unknown keys are refused, types are converted.
 """
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import quote
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
-
+from aggregator.checked import Bound, Parse, Problems, Section
 from aggregator.errors import ConfigError
 from aggregator.resources import seeds_dir
 
@@ -66,7 +66,7 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+Duration = Annotated[float, Parse(parse_duration)]
 
 
 def _zone(value: object) -> str:
@@ -104,17 +104,20 @@ def _store_url(value: object) -> str:
     return value
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+def _token(token: object) -> object:
+    if isinstance(token, str) and token and not re.fullmatch(r"[\x21-\x7e]{16,256}", token):
+        raise ValueError("must be empty (no authentication) or 16 to 256 printable ASCII characters, no spaces")
+    return token
 
 
-class StoreSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class StoreSettings(Section):
     data_dir: str = "./data"
     # a SQLite or PostgreSQL URL (store.engine.ASYNC_DRIVERS); empty means {data_dir}/aggregator.db
-    url: Annotated[str, BeforeValidator(_store_url)] = ""
+    url: Annotated[str, Parse(_store_url)] = ""
     busy_timeout: Duration = 10.0
-    pool_size: int = Field(5, ge=1, le=100)
-    max_overflow: int = Field(5, ge=0, le=100)
+    pool_size: Annotated[int, Bound(ge=1, le=100)] = 5
+    max_overflow: Annotated[int, Bound(ge=0, le=100)] = 5
 
     @property
     def effective_url(self) -> str:
@@ -123,26 +126,29 @@ class StoreSettings(_Section):
         return f"sqlite:///{Path(self.data_dir) / 'aggregator.db'}"
 
 
-class NewsNowSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class NewsNowSettings(Section):
     base_url: str = "https://newsnow.busiyi.world"
 
 
-class HttpSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class HttpSettings(Section):
     timeout: Duration = 20.0  # total deadline of one request, body included
     connect_timeout: Duration = 5.0
-    max_bytes: int = Field(8 * 1024 * 1024, ge=1024)
+    max_bytes: Annotated[int, Bound(ge=1024)] = 8 * 1024 * 1024
     user_agent: str = (
         "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
         "Chrome/126.0 Safari/537.36 aggregator/0.1"
     )
-    per_host_limit: int = Field(4, ge=1, le=64)
+    per_host_limit: Annotated[int, Bound(ge=1, le=64)] = 4
     proxy: str = ""
 
 
-class DaemonSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class DaemonSettings(Section):
     jitter: Duration = 10.0  # each source's runs are spread by up to this much
-    misfire_fraction: float = Field(0.5, gt=0, le=1)
-    poll_deadline_fraction: float = Field(0.8, gt=0, le=1)
+    misfire_fraction: Annotated[float, Bound(gt=0, le=1)] = 0.5
+    poll_deadline_fraction: Annotated[float, Bound(gt=0, le=1)] = 0.8
     rescore_every: Duration = 60.0
     startup_spread: Duration = 30.0  # sources due at start are spread over this long
     shutdown_grace: Duration = 10.0
@@ -152,24 +158,27 @@ class DaemonSettings(_Section):
     leases: bool = True
 
 
-class ScoreSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class ScoreSettings(Section):
     half_life: Duration = 6 * 3600.0
-    heat_weight: float = Field(0.5, ge=0, le=1)  # share of native heat in the signal
-    persistence_bonus: float = Field(0.1, ge=0, le=1)  # at most this much heat per story
+    heat_weight: Annotated[float, Bound(ge=0, le=1)] = 0.5  # share of native heat in the signal
+    persistence_bonus: Annotated[float, Bound(ge=0, le=1)] = 0.1  # at most this much heat per story
     persistence_full: Duration = 6 * 3600.0  # on a list this long earns the full bonus
     active_window: Duration = 48 * 3600.0  # stories seen within it are rescored
 
 
-class DedupeSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class DedupeSettings(Section):
     window: Duration = 48 * 3600.0
-    threshold: float = Field(0.5, gt=0, le=1)
+    threshold: Annotated[float, Bound(gt=0, le=1)] = 0.5
     # Stories the daemon keeps in memory for matching; past it the least recently seen go
     # before `window` ends (0: no cap, the window alone bounds them).
-    max_stories: int = Field(100_000, ge=0)
+    max_stories: Annotated[int, Bound(ge=0)] = 100_000
 
 
-class DisplaySettings(_Section):
-    timezone: Annotated[str, BeforeValidator(_zone)] = "Asia/Shanghai"
+@dataclass(frozen=True, slots=True)
+class DisplaySettings(Section):
+    timezone: Annotated[str, Parse(_zone)] = "Asia/Shanghai"
     timezone_label: str = ""  # empty: 北京时间 for Asia/Shanghai, else the zone name
 
     @property
@@ -183,19 +192,19 @@ class DisplaySettings(_Section):
         return "北京时间" if self.timezone in ("Asia/Shanghai", "PRC", "Asia/Chongqing") else self.timezone
 
 
-class FulltextSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class FulltextSettings(Section):
     enabled: bool = True
     every: Duration = 300.0  # how often the top stories' pages are fetched
-    top: int = Field(20, ge=0, le=1000)  # how many top stories get their full text
-    concurrency: int = Field(4, ge=1, le=32)
-    max_bytes: int = Field(5 * 1024 * 1024, ge=1024)
+    top: Annotated[int, Bound(ge=0, le=1000)] = 20  # how many top stories get their full text
+    concurrency: Annotated[int, Bound(ge=1, le=32)] = 4
+    max_bytes: Annotated[int, Bound(ge=1024)] = 5 * 1024 * 1024
     retry: Duration = 1800.0  # first retry after a failure; doubles up to a day
-    max_attempts: int = Field(5, ge=1, le=100)
+    max_attempts: Annotated[int, Bound(ge=1, le=100)] = 5
     # Hosts, IPs or CIDRs that may be fetched although private (tests, intranet mirrors).
     allow_private: tuple[str, ...] = ()
 
-    @model_validator(mode="after")
-    def _allow_is_valid(self) -> FulltextSettings:
+    def check(self) -> None:
         from aggregator.ssrf import check_url
 
         for entry in self.allow_private:
@@ -203,17 +212,18 @@ class FulltextSettings(_Section):
                 check_url("http://example.com/", [entry])
             except ValueError as exc:
                 raise ValueError(f"allow_private entry {entry!r}: {exc}") from None
-        return self
 
 
-class ExportSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class ExportSettings(Section):
     every: Duration = 0.0  # 0: no periodic export from the daemon
-    top: int = Field(20, ge=1, le=1000)
+    top: Annotated[int, Bound(ge=1, le=1000)] = 20
     dir: str = "./export"
     format: Literal["seed", "json", "csv", "atom"] = "seed"
 
 
-class RetentionSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class RetentionSettings(Section):
     """How long the bulk rows are kept; 0 keeps them forever. Stories and items are never pruned."""
 
     observations: Duration = 90 * 86400.0
@@ -221,56 +231,52 @@ class RetentionSettings(_Section):
     content: Duration = 30 * 86400.0  # full text of items not seen for this long
     scores: Duration = 30 * 86400.0  # story_scores history
     every: Duration = 86400.0  # how often the retention job runs; 0: never
-    batch: int = Field(5000, ge=100, le=100_000)  # rows per transaction, so polls are never held up
+    batch: Annotated[int, Bound(ge=100, le=100_000)] = 5000  # rows per transaction, so polls are never held up
 
 
-class HealthSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class HealthSettings(Section):
     stale_after: Duration = 300.0  # `aggregator health` fails when the heartbeat is older
     heartbeat_every: Duration = 30.0
 
-    @model_validator(mode="after")
-    def _beats_within_stale(self) -> HealthSettings:
+    def check(self) -> None:
         if self.heartbeat_every < 1:
             raise ValueError("heartbeat_every must be at least 1s")
         # Two beats per window: one late or lost write must not make a healthy daemon look dead.
         if self.stale_after < 2 * self.heartbeat_every:
             raise ValueError("stale_after must be at least twice heartbeat_every")
-        return self
 
 
-class ServeSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class ServeSettings(Section):
     host: str = "127.0.0.1"  # only this machine; "0.0.0.0" in a container that publishes the port
-    port: int = Field(8080, ge=0, le=65535)
-    top: int = Field(50, ge=1, le=1000)  # stories in /top.json and /feed.atom without ?limit=
-    max_limit: int = Field(500, ge=1, le=10_000)  # the most ?limit= may ask for
-    token: str = ""  # when set, every path but /health needs it (Authorization: Bearer, or ?token=)
-
-    @field_validator("token")
-    @classmethod
-    def _token_is_usable(cls, token: str) -> str:
-        if token and not re.fullmatch(r"[\x21-\x7e]{16,256}", token):
-            raise ValueError("must be empty (no authentication) or 16 to 256 printable ASCII characters, no spaces")
-        return token
+    port: Annotated[int, Bound(ge=0, le=65535)] = 8080
+    top: Annotated[int, Bound(ge=1, le=1000)] = 50  # stories in /top.json and /feed.atom without ?limit=
+    max_limit: Annotated[int, Bound(ge=1, le=10_000)] = 500  # the most ?limit= may ask for
+    # when set, every path but /health needs it (Authorization: Bearer, or ?token=)
+    token: Annotated[str, Parse(_token)] = ""
 
 
-class LogSettings(_Section):
+@dataclass(frozen=True, slots=True)
+class LogSettings(Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["text", "json"] = "text"
 
 
-class SourceSettings(_Section):
-    id: Annotated[str, Field(pattern=r"^[a-z0-9-]+$", max_length=64)]
+@dataclass(frozen=True, slots=True)
+class SourceSettings(Section):
+    id: Annotated[str, Bound(pattern=r"^[a-z0-9-]+$", max_length=64)]
     kind: Literal[KINDS]  # type: ignore[valid-type]
     name: str = ""
     display_name: str = ""  # as shown in exports; default "NewsNow 微博" for NewsNow sources
     interval: Duration | None = None
     enabled: bool = True
-    weight: float = Field(1.0, ge=0, le=100)
+    weight: Annotated[float, Bound(ge=0, le=100)] = 1.0
     url: str = ""
     base_url: str = ""  # newsnow: overrides [newsnow] base_url
     newsnow_id: str = ""  # newsnow: the id on the NewsNow side, default `id`
-    headers: dict[str, str] = Field(default_factory=dict)
-    cookies: dict[str, str] = Field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    cookies: dict[str, str] = field(default_factory=dict)
     category: str = ""
     # Fetch the linked pages' full text; None: the catalog's default (off for lists whose
     # links are search pages, such as Weibo hot words), else on.
@@ -284,8 +290,7 @@ class SourceSettings(_Section):
     label_field: str = ""
     url_template: str = ""
 
-    @model_validator(mode="after")
-    def _kind_needs(self) -> SourceSettings:
+    def check(self) -> None:
         if self.kind in ("feed", "json") and not self.url:
             raise ValueError(f"a {self.kind} source needs `url`")
         if self.kind != "json":
@@ -296,7 +301,6 @@ class SourceSettings(_Section):
             raise ValueError('base_url and newsnow_id only apply to kind = "newsnow"')
         if self.interval is not None and self.interval < 1:
             raise ValueError("interval must be at least 1s")
-        return self
 
     @property
     def interval_s(self) -> float:
@@ -304,7 +308,8 @@ class SourceSettings(_Section):
         return self.interval
 
 
-class Settings(_Section):
+@dataclass(frozen=True, slots=True)
+class Settings(Section):
     store: StoreSettings = StoreSettings()
     newsnow: NewsNowSettings = NewsNowSettings()
     http: HttpSettings = HttpSettings()
@@ -397,7 +402,7 @@ def apply_env(raw: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]
         if len(parts) != 2 or not all(parts):
             raise ConfigError(name, "expected AGGREGATOR_<SECTION>__<KEY>, e.g. AGGREGATOR_STORE__URL")
         section, key = parts
-        if section == "sources" or section not in Settings.model_fields or section == "config_path":
+        if section == "sources" or section not in Settings.hints() or section == "config_path":
             raise ConfigError(name, f"no settings section [{section}] can be set from the environment")
         merged.setdefault(section, {})
         merged[section][key] = _env_value(value)
@@ -415,8 +420,6 @@ def _key_of(loc: tuple[int | str, ...], raw: Mapping[str, Any]) -> str:
                     source_id = entries[part].get("id")
                     if source_id:
                         out += f"(id={source_id})"
-        elif part in KINDS or part.startswith("function-"):
-            continue  # pydantic's union/validator tags, not keys
         else:
             out += ("." if out else "") + str(part)
     return out or "settings"
@@ -428,15 +431,10 @@ def validate(raw: dict[str, Any], config_path: str = "") -> Settings:
     if not isinstance(sources, list):
         raise ConfigError("sources", "expected an array of [[sources]] tables")
     try:
-        settings = Settings.model_validate({**raw, "config_path": config_path})
-    except ValidationError as exc:
-        problems = []
-        for err in exc.errors():
-            key = _key_of(tuple(err["loc"]), raw)
-            message = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-            message = message.removeprefix("Value error, ")
-            problems.append(f"{key}: {message}")
-        first_key = _key_of(tuple(exc.errors()[0]["loc"]), raw)
+        settings = Settings.from_mapping({**raw, "config_path": config_path})
+    except Problems as exc:
+        problems = [f"{_key_of(loc, raw)}: {message}" for loc, message in exc.problems]
+        first_key = _key_of(exc.problems[0][0], raw)
         raise ConfigError(first_key, "; ".join(problems).removeprefix(f"{first_key}: ")) from None
     seen: dict[str, int] = {}
     for index, source in enumerate(settings.sources):
@@ -447,7 +445,7 @@ def validate(raw: dict[str, Any], config_path: str = "") -> Settings:
         seen[source.id] = index
     catalog = load_catalog()
     filled = tuple(_with_catalog(s, catalog, settings.newsnow.base_url) for s in settings.sources)
-    return settings.model_copy(update={"sources": filled})
+    return replace(settings, sources=filled)
 
 
 def _with_catalog(
@@ -474,7 +472,7 @@ def _with_catalog(
         update["category"] = entry["category"]
     if source.fulltext is None:
         update["fulltext"] = bool(entry.get("fulltext", True))
-    return source.model_copy(update=update) if update else source
+    return replace(source, **update) if update else source
 
 
 def load_settings(explicit: str | None = None, environ: Mapping[str, str] | None = None) -> Settings:

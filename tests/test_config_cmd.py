@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -91,7 +92,7 @@ def test_the_output_is_the_effective_settings_read_back_with_the_secrets_masked(
     parsed["serve"]["token"] = "filled-in-again-0123456789"
     again = validate(parsed)
     assert again.log.level == "DEBUG" and again.dedupe.threshold == 0.6
-    assert masked(again.model_dump()) == masked(effective.model_dump())
+    assert masked(dataclasses.asdict(again)) == masked(dataclasses.asdict(effective))
 
 
 def test_the_header_says_where_a_sqlite_store_is(tmp_path: Path) -> None:

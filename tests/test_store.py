@@ -178,7 +178,7 @@ async def test_a_source_whose_url_changed_starts_afresh(store_url: str) -> None:
             await store.record_poll(failed)
             assert await store.claim_source(source_id, "vm:1", at, at + timedelta(minutes=1))
         # zhihu moves to another address; weibo's row is written again as it is.
-        moved = [SOURCES[0], SOURCES[1].model_copy(update={"url": "http://mirror/zhihu"})]
+        moved = [SOURCES[0], dataclasses.replace(SOURCES[1], url="http://mirror/zhihu")]
         assert await store.sync_sources(moved, at) == ["zhihu"]
         states = await store.source_states()
         assert states["weibo"][0].etag == '"v1"' and states["weibo"][0].cookies == {"sid": "old-site"}
