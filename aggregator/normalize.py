@@ -8,6 +8,7 @@ import html
 import math
 import re
 import unicodedata
+from array import array
 from collections.abc import Iterable
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -217,7 +218,60 @@ Identity = tuple[str, str, str, str | None, str | None, str | None]
 # canonical URL, or None when it is the payload's URL; every other string is the payload's own.
 # Otherwise: the key and each string normalizing made new, None where it is the payload's.
 Packed = tuple[int, str | None] | tuple[int, str | None, str | None, str | None, str | None, str | None]
-IdentityMemo = dict[int, Packed | None]
+
+# How an entry's canonical URL follows from its URL, in `IdentityMemo.canon`: n >= 0 is the
+# URL's first n characters (tracking parameters at the end dropped), CANON_IS_URL the URL
+# itself; ODD means the whole packed identity (or None) is in `IdentityMemo.odd`.
+CANON_IS_URL = -1
+ODD = -2
+
+
+class IdentityMemo:
+    """One source's last poll, entry by entry: the hash of its raw fields, its key and how
+    its canonical URL follows from its URL, in arrays (about 20 bytes an entry, where a dict
+    of tuples took 250: the bench's 400 sources keep 20,000 entries). The few entries that
+    cleaning changed, or whose canonical URL is not a prefix of the URL, keep their packed
+    identity in `odd`."""
+
+    __slots__ = ("canon", "hashes", "keys", "odd")
+
+    def __init__(self) -> None:
+        self.hashes = array("q")
+        self.keys = array("Q")
+        self.canon = array("i")
+        self.odd: dict[int, Packed | None] = {}
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def take(self) -> IdentityMemo:
+        """What this memo holds, moved into a new one; this one is left empty."""
+        taken = IdentityMemo()
+        taken.hashes, taken.keys, taken.canon, taken.odd = self.hashes, self.keys, self.canon, self.odd
+        self.hashes, self.keys, self.canon, self.odd = array("q"), array("Q"), array("i"), {}
+        return taken
+
+    def add(self, raw_key: int, packed: Packed | None, raw_url: str | None) -> None:
+        code = ODD
+        if packed is not None and len(packed) == 2:
+            canon = packed[1]
+            if canon is None:
+                code = CANON_IS_URL
+            elif raw_url is not None and raw_url.startswith(canon):
+                code = len(canon)
+        if code == ODD:
+            self.odd[len(self.hashes)] = packed
+        self.hashes.append(raw_key)
+        self.keys.append(0 if packed is None else packed[0])
+        self.canon.append(code)
+
+    def packed(self, index: int, raw_url: str | None) -> Packed | None:
+        """Entry `index` as `add` was given it, for an entry of the same raw fields."""
+        code = self.canon[index]
+        if code == ODD:
+            return self.odd[index]
+        assert raw_url is not None or code == CANON_IS_URL
+        return self.keys[index], None if code == CANON_IS_URL else raw_url[:code]  # type: ignore[index]
 
 
 def _pack(identity: Identity, raw: RawItem) -> Packed:
@@ -284,9 +338,8 @@ def normalize_items(
     already in this list (a platform listing one entry twice). `memo`, when given, holds
     the previous poll's identities on entry and this poll's on return.
     """
-    previous = dict(memo) if memo is not None else {}
-    if memo is not None:
-        memo.clear()
+    previous = memo.take() if memo is not None else IdentityMemo()
+    at = {raw_key: index for index, raw_key in enumerate(previous.hashes)}
     items: list[Item] = []
     seen: set[str] = set()
     dropped = 0
@@ -301,14 +354,15 @@ def normalize_items(
         # is a chance of about 1 in 10^16 a poll.
         raw_key = hash((raw.title, raw.url, raw.native_id))
         packed: Packed | None
-        if raw_key in previous:
-            packed = previous[raw_key]
+        index = at.get(raw_key)
+        if index is not None:
+            packed = previous.packed(index, raw.url)
             identity = None if packed is None else _unpack(packed, raw)
         else:
             identity = _identity(source_id, raw.title, raw.url, raw.native_id)
             packed = None if identity is None else _pack(identity, raw)
         if memo is not None:
-            memo[raw_key] = packed
+            memo.add(raw_key, packed, raw.url)
         if identity is None:
             dropped += 1
             continue

@@ -395,7 +395,10 @@ async def poll_source(ctx: PollContext, source: SourceSettings) -> PollResult:
     story_ids: list[int] = []
     write: list[bool] = []
     if not collected.not_modified:
-        items, bad = normalize_items(source.id, collected.items, ctx.identities.setdefault(source.id, {}))
+        memo = ctx.identities.get(source.id)
+        if memo is None:
+            memo = ctx.identities[source.id] = IdentityMemo()
+        items, bad = normalize_items(source.id, collected.items, memo)
         dropped += bad
         if collected.items and not items:
             return await _fail(

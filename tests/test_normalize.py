@@ -8,6 +8,7 @@ import pytest
 
 from aggregator.models import RawItem
 from aggregator.normalize import (
+    ODD,
     IdentityMemo,
     canonical_url,
     clean_text,
@@ -116,7 +117,7 @@ def test_memo_reuses_identities_and_keeps_no_payload_strings() -> None:
         raws.append(RawItem(title="".join(list("   ")), url="https://e.example/blank"))  # no title: dropped
         return raws
 
-    memo: IdentityMemo = {}
+    memo = IdentityMemo()
     first, dropped = normalize_items("weibo", payload(["甲新闻", "乙新闻"]), memo)
     second_raw = payload(["乙新闻", "丙新闻", "甲新闻"])
     second, dropped_again = normalize_items("weibo", second_raw, memo)
@@ -131,7 +132,13 @@ def test_memo_reuses_identities_and_keeps_no_payload_strings() -> None:
             assert it.url is raw.url
     assert [it.title for it in second[3:]] == ["甲&乙", "Show HN: Foo"]
     assert second[3].url is None and second[4].native_id == "id-7"
-    assert len(memo) == 6 and sum(packed is None for packed in memo.values()) == 1
-    # the three plain entries in the short form (key and canonical URL), the two cleaned ones in full
-    assert sorted(len(packed) for packed in memo.values() if packed is not None) == [2, 2, 2, 6, 6]
+    # The three plain entries in arrays (their canonical URL a prefix of the URL); the two
+    # cleaned ones in full and the one without a title aside.
+    assert len(memo) == 6 and sorted(len(p) if p else 0 for p in memo.odd.values()) == [0, 6, 6]
+    assert sorted(memo.canon) == [
+        ODD,
+        ODD,
+        ODD,
+        *(len("https://e.example/") + len(t) for t in ["丙新闻", "乙新闻", "甲新闻"]),
+    ]
     assert [it.rank for it in second] == [1, 2, 3, 4, 5]
