@@ -428,11 +428,11 @@ class StoryIndex:
         self._queued = array("I")
         self._source_names: list[str] = []
         self._source_slot: dict[str, int] = {}
-        self._by_id = SlotMap(11)  # story id → its slot
+        self._by_id = SlotMap(8)  # story id → its slot
         # n-gram (as a CRC-32, see _gram_key) → the stories holding it
-        self._postings = SlotMap(13)
-        self._by_url = SlotMap(11)  # hash(canonical URL) → story
-        self._by_title = SlotMap(11)  # hash(normalized title) → story
+        self._postings = SlotMap(10)
+        self._by_url = SlotMap(8)  # hash(canonical URL) → story
+        self._by_title = SlotMap(8)  # hash(normalized title) → story
         self._feature_cache: OrderedDict[str, TitleFeatures] = OrderedDict()
 
     def __len__(self) -> int:

@@ -61,7 +61,7 @@ class KnownItems:
     def __init__(self, cap: int = 0) -> None:
         self.cap = cap
         self._count = 0
-        self._by_id = SlotMap(11)
+        self._by_id = SlotMap(8)
         self._ids = array("q")
         self._stories = array("q")
         self._signatures = array("q")
