@@ -371,7 +371,7 @@ class _Extra:
     sources: tuple[str, ...] = ()
     # Further exact wordings in the order they came; with the first, the first
     # MAX_TITLES_PER_STORY are the member titles that are indexed and compared.
-    titles: tuple[str, ...] = ()
+    titles: tuple[bytes, ...] = ()  # UTF-8, as `_titles`
     urls: tuple[int, ...] = ()  # further canonical URLs as `hash()` values
 
 
@@ -416,7 +416,10 @@ class StoryIndex:
         self._max_repeats = array("I")
         # The first wording (None until the story has one). The member titles' features are
         # recomputed (and cached) when compared: a few hundred bytes a story, not kilobytes.
-        self._titles: list[str | None] = []
+        # As UTF-8: 72 bytes where the str of a 12-character Chinese title takes 104, and no
+        # str shared with the poll's items, which would keep the UTF-8 copy SQLite's binding
+        # attaches to each string it is given (about 40 bytes more a title).
+        self._titles: list[bytes | None] = []
         self._extra: dict[int, _Extra] = {}
         self._free: list[int] = []
         # Expiry and eviction order: a heap of ``int(last seen) << 32 | slot``, one int a story where
@@ -433,7 +436,7 @@ class StoryIndex:
         self._postings = SlotMap(10)
         self._by_url = SlotMap(8)  # hash(canonical URL) → story
         self._by_title = SlotMap(8)  # hash(normalized title) → story
-        self._feature_cache: OrderedDict[str, TitleFeatures] = OrderedDict()
+        self._feature_cache: OrderedDict[bytes, TitleFeatures] = OrderedDict()
 
     def __len__(self) -> int:
         return self._count
@@ -441,22 +444,26 @@ class StoryIndex:
     def __contains__(self, story_id: object) -> bool:
         return isinstance(story_id, int) and self._slot(story_id) >= 0
 
-    def _features(self, norm_title: str) -> TitleFeatures:
-        # match() for a whole poll, then add_item() for the same titles: compute each once.
+    def _features(self, utf8: bytes, norm_title: str | None = None) -> TitleFeatures:
+        """The features of a title given as UTF-8 (and as text, when the caller has it).
+
+        match() for a whole poll, then add_item() for the same titles: each computed once. The
+        cache is keyed by the UTF-8 the index keeps: a member title's bytes hash once."""
         cache = self._feature_cache
-        features = cache.get(norm_title)
+        features = cache.get(utf8)
         if features is None:
             if len(cache) >= FEATURE_CACHE_SIZE:
                 cache.popitem(last=False)  # least recently used
-            features = cache[norm_title] = title_features(norm_title)
+            text = _text(utf8) if norm_title is None else norm_title
+            features = cache[utf8] = title_features(text)
         else:
-            cache.move_to_end(norm_title)
+            cache.move_to_end(utf8)
         return features
 
     def _slot(self, story_id: int) -> int:
         return self._by_id.find(story_id, self._ids)
 
-    def _title_keys(self, slot: int) -> tuple[str, ...]:
+    def _title_keys(self, slot: int) -> tuple[bytes, ...]:
         first = self._titles[slot]
         if first is None:
             return ()
@@ -475,12 +482,12 @@ class StoryIndex:
         extra = self._extra.get(slot)
         return (first, *extra.sources) if extra is not None and extra.sources else (first,)
 
-    def _slot_of_title(self, norm_title: str) -> int:
-        key = hash(norm_title)
+    def _slot_of_title(self, utf8: bytes) -> int:
+        key = hash(utf8)
         slot = self._by_title.first(key)
-        if slot < 0 or self._titles[slot] == norm_title:
+        if slot < 0 or self._titles[slot] == utf8:
             return slot
-        return next((s for s in self._by_title.slots(key) if norm_title in self._title_keys(s)), -1)
+        return next((s for s in self._by_title.slots(key) if utf8 in self._title_keys(s)), -1)
 
     def _slot_of_url(self, url_key: int) -> int:
         slot = self._by_url.first(url_key)
@@ -496,10 +503,11 @@ class StoryIndex:
             slot = self._slot_of_url(_url_key(canonical_url))
             if slot >= 0 and seen[slot] >= cutoff:
                 return self._ids[slot]
-        slot = self._slot_of_title(norm_title)
+        utf8 = _utf8(norm_title)
+        slot = self._slot_of_title(utf8)
         if slot >= 0 and seen[slot] >= cutoff:
             return self._ids[slot]
-        features = self._features(norm_title)
+        features = self._features(utf8, norm_title)
         listed: list[int] = []  # the stories of each listed n-gram, one entry per n-gram shared
         # N-grams in too many stories to list them (stop-grams): looked into, not read.
         common: list[int] = []
@@ -618,19 +626,20 @@ class StoryIndex:
                 else:
                     extra = self._extra_of(slot)
                     extra.urls += (url_key,)
-        if self._slot_of_title(norm_title) >= 0:
+        utf8 = _utf8(norm_title)
+        if self._slot_of_title(utf8) >= 0:
             return  # this wording is indexed already (here or in a story it was not merged with)
         titles = self._title_keys(slot)
         if len(titles) >= MAX_KEYS_PER_STORY:
             return
-        self._by_title.add(hash(norm_title), slot)
+        self._by_title.add(hash(utf8), slot)
         if not titles:
-            self._titles[slot] = norm_title
+            self._titles[slot] = utf8
         else:
             extra = self._extra_of(slot)
-            extra.titles += (norm_title,)
+            extra.titles += (utf8,)
         if len(titles) < MAX_TITLES_PER_STORY:  # one of the member titles
-            features = self._features(norm_title)
+            features = self._features(utf8, norm_title)
             self._min_weight[slot] = min(self._min_weight[slot], features.weight)
             self._max_repeats[slot] = max(self._max_repeats[slot], features.repeats)
             add = self._postings.add
@@ -678,6 +687,15 @@ class StoryIndex:
         self._extra.pop(slot, None)
         self._free.append(slot)
         self._count -= 1
+
+
+def _utf8(title: str) -> bytes:
+    # surrogatepass: a title the cleaning let through is kept whatever it holds.
+    return title.encode("utf-8", "surrogatepass")
+
+
+def _text(title: bytes) -> str:
+    return title.decode("utf-8", "surrogatepass")
 
 
 def _url_key(canonical_url: str) -> int:

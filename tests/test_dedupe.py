@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -232,6 +233,25 @@ def test_stop_grams_still_count_towards_a_match() -> None:
     index.add_item(7, normalize_title("中国男子勇救落水儿童"), None, "weibo", NOW)
     assert index.match(normalize_title("中国男子勇救"), None, "baidu", NOW) == 7
     assert index.match(normalize_title("日本男子勇救"), None, "baidu", NOW) is None
+
+
+def test_the_index_keeps_its_own_copy_of_each_title() -> None:
+    # A poll's title strings are bound to SQLite, which attaches a UTF-8 copy to each: the
+    # index keeps its own bytes, so neither the string nor that copy outlives the poll.
+    index = StoryIndex()
+    title = "".join(["缅甸", "7.9级地震"])  # a str of its own, as a payload's decoder gives
+    before = sys.getrefcount(title)
+    index.add_item(7, title, None, "weibo", NOW)
+    assert index.match(title, None, "baidu", NOW) == 7
+    index._feature_cache.clear()  # bounded (FEATURE_CACHE_SIZE); its features may hold the text
+    assert sys.getrefcount(title) == before
+    assert index.match(title, None, "baidu", NOW) == 7  # recomputed from the index's own bytes
+    # Every wording is still found, merged and dropped as text, whatever it holds.
+    odd = "地震\ud800快讯"  # a lone surrogate the cleaning would have removed
+    index.add_item(8, odd, None, "weibo", NOW)
+    assert index.match("".join(["地震\ud800", "快讯"]), None, "baidu", NOW) == 8
+    assert sorted(index.expire(NOW + WINDOW + timedelta(seconds=2))) == [7, 8]
+    assert not (len(index._postings) or len(index._by_title))
 
 
 def test_story_expires_after_the_window() -> None:
