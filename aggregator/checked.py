@@ -20,7 +20,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
 
 Location = tuple[int | str, ...]
@@ -145,7 +145,7 @@ def convert(value: Any, hint: Any) -> Any:
         (item,) = (a for a in typing.get_args(hint) if a is not Ellipsis)
         if not isinstance(value, list | tuple):
             raise ValueError(f"expected an array, got {_what(value)}")
-        return tuple(_each(enumerate(value), item))
+        return tuple(_each((i, v, item) for i, v in enumerate(value)))
     if origin is dict:
         if not isinstance(value, Mapping):
             raise ValueError(f"expected a table, got {_what(value)}")
@@ -154,7 +154,7 @@ def convert(value: Any, hint: Any) -> Any:
         bad = [k for k in keys if not isinstance(k, str)]
         if bad:
             raise ValueError("keys must be strings")
-        return dict(zip(keys, _each(((k, value[k]) for k in keys), item), strict=True))
+        return dict(zip(keys, _each((k, value[k], item) for k in keys), strict=True))
     if isinstance(hint, type) and issubclass(hint, Section):
         if isinstance(value, hint):
             return value
@@ -164,10 +164,11 @@ def convert(value: Any, hint: Any) -> Any:
     return _scalar(value, hint)
 
 
-def _each(pairs: Iterator[tuple[int | str, Any]] | typing.Iterable[tuple[int | str, Any]], hint: Any) -> list[Any]:
-    """Every value converted; the problems of all of them, each under its index or key."""
+def _each(values: Iterable[tuple[int | str, Any, Any]]) -> list[Any]:
+    """Each (place, value, hint) converted; the problems of all of them, each under its place
+    (an index, a key or a field name)."""
     out, problems = [], []
-    for place, value in pairs:
+    for place, value, hint in values:
         try:
             out.append(convert(value, hint))
         except Problems as exc:
@@ -205,9 +206,17 @@ class Section:
         ]
         missing = bool(problems)
         problems[:0] = [((key,), "unknown key") for key in raw if key not in fields]
-        if not missing:
+        known = {key: value for key, value in raw.items() if key in fields}
+        if missing:
+            # Nothing to build: each key given is still checked on its own.
+            hints = cls.hints()
             try:
-                built = cls(**{key: value for key, value in raw.items() if key in fields})
+                _each((key, value, hints[key]) for key, value in known.items())
+            except Problems as exc:
+                problems += exc.problems
+        else:
+            try:
+                built = cls(**known)
             except Problems as exc:
                 problems += exc.problems
             else:
@@ -217,13 +226,14 @@ class Section:
 
     def __post_init__(self) -> None:
         problems: list[tuple[Location, str]] = []
-        for name, hint in self.hints().items():
-            try:
-                object.__setattr__(self, name, convert(getattr(self, name), hint))
-            except Problems as exc:
-                problems += [((name, *loc), msg) for loc, msg in exc.problems]
-            except ValueError as exc:
-                problems.append(((name,), str(exc)))
+        hints = self.hints()
+        try:
+            values = _each((name, getattr(self, name), hint) for name, hint in hints.items())
+        except Problems as exc:
+            problems = exc.problems
+        else:
+            for name, value in zip(hints, values, strict=True):
+                object.__setattr__(self, name, value)
         if not problems:
             try:
                 self.check()

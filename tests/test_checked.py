@@ -99,6 +99,15 @@ def test_one_problem(raw: dict[str, object], where: tuple[str, ...], words: str)
     assert loc == where and words in message
 
 
+def test_a_missing_key_still_has_the_others_checked() -> None:
+    assert problems_of({"ratio": "x", "inner": {"count": 0}, "nope": 1}) == [
+        (("nope",), "unknown key"),
+        (("name",), "missing (required)"),
+        (("ratio",), "expected a number, got a string"),
+        (("inner", "count"), "must be at least 1"),
+    ]
+
+
 def test_cross_field_rules_wait_for_valid_fields() -> None:
     # A bad field is the problem reported; the rule over fields does not run on it.
     assert problems_of({"name": "A", "wait": "x", "on": False}) == [
