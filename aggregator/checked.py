@@ -72,6 +72,7 @@ def _number(x: float) -> str:
 _NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "an array"}
 _TRUE = frozenset({"true", "yes", "on", "1"})
 _FALSE = frozenset({"false", "no", "off", "0"})
+_BOOLS = _TRUE | _FALSE
 
 
 def _what(value: object) -> str:
@@ -89,7 +90,7 @@ def _scalar(value: Any, tp: type) -> Any:
             return value
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
             return value.strip().lower() in _TRUE
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):

@@ -247,8 +247,10 @@ class IdentityMemo:
     def take(self) -> IdentityMemo:
         """What this memo holds, moved into a new one; this one is left empty."""
         taken = IdentityMemo()
-        taken.hashes, taken.keys, taken.canon, taken.odd = self.hashes, self.keys, self.canon, self.odd
-        self.hashes, self.keys, self.canon, self.odd = array("q"), array("Q"), array("i"), {}
+        for name in self.__slots__:  # swapped: the new memo's empty columns become this one's
+            mine = getattr(self, name)
+            setattr(self, name, getattr(taken, name))
+            setattr(taken, name, mine)
         return taken
 
     def add(self, raw_key: int, packed: Packed | None, raw_url: str | None) -> None:
@@ -270,8 +272,10 @@ class IdentityMemo:
         code = self.canon[index]
         if code == ODD:
             return self.odd[index]
-        assert raw_url is not None or code == CANON_IS_URL
-        return self.keys[index], None if code == CANON_IS_URL else raw_url[:code]  # type: ignore[index]
+        if code == CANON_IS_URL:
+            return self.keys[index], None
+        assert raw_url is not None  # the same raw fields: a URL, as when the entry was added
+        return self.keys[index], raw_url[:code]
 
 
 def _pack(identity: Identity, raw: RawItem) -> Packed:
